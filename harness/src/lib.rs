@@ -1,0 +1,1 @@
+//! Scenario model, runner, backends and reports.
