@@ -1,0 +1,4 @@
+//! fl-core's one integration-test binary; each module is one area.
+
+mod round;
+mod train;

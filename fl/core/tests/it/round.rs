@@ -1,0 +1,1 @@
+//! Round state machine tests.

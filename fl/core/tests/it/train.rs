@@ -1,0 +1,1 @@
+//! Local trainer and dataset tests.
