@@ -3,5 +3,13 @@
 //! seeds are arguments.
 
 pub mod data;
+pub mod error;
+pub mod model;
 pub mod round;
+pub mod safetensors;
+pub mod strategy;
 pub mod train;
+
+pub use error::FlError;
+pub use model::{DType, Digest, Model, ModelView, Tensor, TensorView};
+pub use strategy::{Metrics, Strategy, Update};
