@@ -67,8 +67,8 @@ pub const MAX_ROUNDS: u64 = 1_000_000;
 /// Bound on the number of registered clients (bounds every per-round set and loop).
 pub const MAX_CLIENTS: usize = 1_000_000;
 
-/// Client metrics: name -> value (BTreeMap: deterministic order).
-pub type Metrics = BTreeMap<String, f64>;
+/// Client metrics: name -> value (BTreeMap: deterministic order); the strategies' type.
+pub use crate::strategy::Metrics;
 
 /// A client's identity (the platform's client id).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -10,6 +10,7 @@
 //! per-epoch shuffle, both drawn from the caller's `ChaCha8Rng`. Sums run in a fixed order.
 
 use crate::data::Dataset;
+use crate::model::{Model, ModelView, TensorView};
 use rand::Rng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
@@ -39,6 +40,8 @@ pub enum TrainError {
     },
     #[error("invalid training config {name}: {why}")]
     Config { name: &'static str, why: String },
+    #[error("model tensor `{tensor}`: {why}")]
+    Model { tensor: String, why: String },
     #[error("training diverged: non-finite loss at step {step}")]
     Diverged { step: u64 },
 }
@@ -154,6 +157,68 @@ impl Architecture {
             }
         }
         p
+    }
+
+    /// The flat parameters as a model of named f32 tensors in [`Self::layout`] order.
+    pub fn to_model(&self, params: &[f32]) -> Result<Model, TrainError> {
+        self.check_params(params)?;
+        let layout = self.layout();
+        let tensors = layout
+            .iter()
+            .map(|t| {
+                TensorView::from_f32(
+                    t.name,
+                    t.shape.clone(),
+                    &params[t.offset..t.offset + t.len()],
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| TrainError::Model {
+                tensor: String::new(),
+                why: e.to_string(),
+            })?;
+        Model::new(tensors).map_err(|e| TrainError::Model {
+            tensor: String::new(),
+            why: e.to_string(),
+        })
+    }
+
+    /// Reads flat parameters back from a model: exactly [`Self::layout`]'s tensors, in order,
+    /// with their shapes, f32 (other float dtypes are converted).
+    pub fn params_from_model(&self, model: &ModelView<'_>) -> Result<Vec<f32>, TrainError> {
+        let layout = self.layout();
+        if model.len() != layout.len() {
+            return Err(TrainError::Model {
+                tensor: String::new(),
+                why: format!("{} tensors, {self} has {}", model.len(), layout.len()),
+            });
+        }
+        let mut out = Vec::with_capacity(self.num_params());
+        for (spec, t) in layout.iter().zip(model.tensors()) {
+            if t.name() != spec.name {
+                return Err(TrainError::Model {
+                    tensor: t.name().to_owned(),
+                    why: format!("expected `{}` at this position", spec.name),
+                });
+            }
+            if t.shape() != spec.shape.as_slice() {
+                return Err(TrainError::Model {
+                    tensor: spec.name.to_owned(),
+                    why: format!("shape {:?}, expected {:?}", t.shape(), spec.shape),
+                });
+            }
+            if !t.dtype().is_float() {
+                return Err(TrainError::Model {
+                    tensor: spec.name.to_owned(),
+                    why: format!("dtype {} is not a float type", t.dtype()),
+                });
+            }
+            match t.as_f32() {
+                Some(v) => out.extend_from_slice(v),
+                None => out.extend(t.to_f32_vec()),
+            }
+        }
+        Ok(out)
     }
 
     fn check_params(&self, params: &[f32]) -> Result<(), TrainError> {

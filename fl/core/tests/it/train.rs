@@ -1,9 +1,11 @@
 //! Local trainer and dataset tests: real learning on the digits fixture over a Dirichlet split,
 //! determinism, the proximal term, stragglers' partial work, partitions, bad input.
 
+use fl_core::Model;
 use fl_core::data::{
     Dataset, SyntheticConfig, dirichlet_partition, fedprox_synthetic, parse_digits_csv,
 };
+use fl_core::strategy::{FedAvg, Strategy, Update};
 use fl_core::train::{Architecture, TrainConfig, TrainError, Trainer};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -74,7 +76,7 @@ fn fedavg_on_dirichlet_digits_learns() {
             ..TrainConfig::default()
         };
         let mut accuracies = Vec::new();
-        for _round in 0..5 {
+        for round in 1..=5u64 {
             let mut results = Vec::new();
             for shard in &shards {
                 let mut local = global.clone();
@@ -82,7 +84,28 @@ fn fedavg_on_dirichlet_digits_learns() {
                 assert_eq!(report.num_examples, shard.len());
                 results.push((local, shard.len()));
             }
-            global = weighted_mean(&results);
+            // The real fl-core FedAvg over the clients' models, checked against the plain mean.
+            let models: Vec<Model> = results
+                .iter()
+                .map(|(p, _)| arch.to_model(p).unwrap())
+                .collect();
+            let base = arch.to_model(&global).unwrap();
+            let mut fedavg = FedAvg::new();
+            fedavg.begin(round, Some(base.view())).unwrap();
+            for (k, (m, (_, n))) in models.iter().zip(&results).enumerate() {
+                fedavg
+                    .fold(Update::new(format!("c{k}"), round, m.view(), *n as u64))
+                    .unwrap();
+            }
+            let (aggregated, _) = fedavg.finish().unwrap();
+            global = arch.params_from_model(&aggregated).unwrap();
+            let reference = weighted_mean(&results);
+            for (a, r) in global.iter().zip(&reference) {
+                assert!(
+                    (a - r).abs() <= 1e-6 * r.abs().max(1.0),
+                    "fedavg {a} vs reference {r}"
+                );
+            }
             accuracies.push(trainer.evaluate(&global, &test).unwrap().accuracy);
         }
         let after = trainer.evaluate(&global, &test).unwrap();
@@ -362,5 +385,39 @@ fn bad_input_is_a_typed_error() {
     assert_eq!(
         t.train(&mut huge, &d, &TrainConfig::default(), &mut rng),
         Err(TrainError::Diverged { step: 0 })
+    );
+}
+
+#[test]
+fn parameters_round_trip_through_a_named_model() {
+    let arch = Architecture::Mlp {
+        inputs: 64,
+        hidden: 16,
+        classes: 10,
+    };
+    let p = arch.init(&mut ChaCha8Rng::seed_from_u64(8));
+    let m = arch.to_model(&p).unwrap();
+    let names: Vec<&str> = m.tensors().iter().map(|t| t.name()).collect();
+    assert_eq!(names, ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"]);
+    assert_eq!(m.tensors()[0].shape(), &[16, 64]);
+    assert_eq!(arch.params_from_model(&m.view()).unwrap(), p);
+    let other = Architecture::Softmax {
+        inputs: 64,
+        classes: 10,
+    };
+    let e = other.params_from_model(&m.view()).unwrap_err();
+    assert!(
+        e.to_string().contains("4 tensors, softmax-64-10 has 2"),
+        "{e}"
+    );
+    let wrong_shape = Architecture::Mlp {
+        inputs: 64,
+        hidden: 8,
+        classes: 10,
+    };
+    let e = wrong_shape.params_from_model(&m.view()).unwrap_err();
+    assert!(
+        e.to_string().contains("fc1.weight") && e.to_string().contains("[16, 64]"),
+        "{e}"
     );
 }
