@@ -94,10 +94,31 @@ pub fn par_fill(dtype: DType, numel: usize, f: impl Fn(usize, &mut [f64]) + Sync
     out
 }
 
+/// As [`par_fill`] with blocks of `block` coordinates and per-thread scratch `S`.
+pub fn par_fill_with<S: Send>(
+    dtype: DType,
+    numel: usize,
+    block: usize,
+    init: impl Fn() -> S + Sync + Send,
+    f: impl Fn(&mut S, usize, &mut [f64]) + Sync,
+) -> Vec<u8> {
+    let size = dtype.size_bytes();
+    let mut out = vec![0u8; numel * size];
+    out.par_chunks_mut(block * size).enumerate().for_each_init(
+        || (init(), vec![0.0f64; block]),
+        |(s, buf), (b, chunk)| {
+            let len = chunk.len() / size;
+            let vals = &mut buf[..len];
+            f(s, b * block, vals);
+            encode_into(dtype, vals, chunk);
+        },
+    );
+    out
+}
+
 /// Gathers tensor `t` of the given clients for `[start, start + len)` into `scratch`,
 /// coordinate-major (`scratch[j * n + k]`), applying each client's clip factor
 /// (g + f (x - g), rounded to the tensor's dtype as Flower's float32 arithmetic would).
-#[allow(dead_code)] // used by the robust aggregators
 pub fn gather_block(
     clients: &[&Kept<'_>],
     t: usize,

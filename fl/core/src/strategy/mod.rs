@@ -9,15 +9,25 @@
 //! Where this core diverges from Flower, the item says so (see `fl/core/DIVERGENCES.md`).
 
 mod collector;
+mod dp;
 mod fedavg;
 mod fedopt;
 pub(crate) mod kernel;
+mod params;
+mod qfedavg;
+mod robust;
 
 use std::collections::BTreeMap;
 
-pub use collector::{Collector, Kept, Limits};
+pub use collector::{Collector, Kept, Limits, check_finite, update_norm};
+pub use dp::{DpAdaptiveClipping, DpFixedClipping};
 pub use fedavg::{FedAvg, FedAvgM, FedProx};
 pub use fedopt::{FedAdagrad, FedAdam, FedOptParams, FedYogi};
+pub use params::{Params, STRATEGY_NAMES, build_strategy};
+pub use qfedavg::QFedAvg;
+pub use robust::{
+    Bulyan, FedMedian, FedTrimmedAvg, Krum, KrumScores, MultiKrum, krum_scores, median_of,
+};
 
 use crate::error::FlError;
 use crate::model::{Model, ModelView};
