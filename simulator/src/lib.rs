@@ -1,1 +1,2 @@
 //! Deterministic discrete-event simulation.
+pub mod gitops;

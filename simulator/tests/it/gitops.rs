@@ -1,0 +1,304 @@
+//! Offline GitOps validation: the real fixtures are clean, planted errors are found with file,
+//! object and field.
+
+use std::path::{Path, PathBuf};
+
+use simulator::gitops::{Capacity, Finding, NodeCapacity, Report, validate, validate_with};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures")
+}
+
+/// mlworkbench-kvm as doc 000 sizes it: 3 schedulable control-plane VMs, 2 vCPU, 8 GB each.
+fn mlworkbench_kvm() -> Capacity {
+    Capacity {
+        name: "mlworkbench-kvm".into(),
+        kubernetes_version: "v1.34.1".into(),
+        nodes: (1..=3)
+            .map(|i| NodeCapacity {
+                name: format!("talos-k8s-{i}"),
+                cpu_millis: 2000,
+                memory_bytes: 8 << 30,
+                schedulable: true,
+            })
+            .collect(),
+    }
+}
+
+/// A temp copy of one platform tree plus the CRDs, for planting errors.
+fn copy_platform(platform: &str) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    copy_dir(
+        &fixtures().join("gitops").join(platform),
+        &tmp.path().join(platform),
+    );
+    copy_dir(&fixtures().join("crds"), &tmp.path().join("crds"));
+    tmp
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("read fixture dir") {
+        let p = e.expect("entry").path();
+        let dest = to.join(p.file_name().expect("name"));
+        if p.is_dir() {
+            copy_dir(&p, &dest);
+        } else {
+            std::fs::copy(&p, &dest).expect("copy");
+        }
+    }
+}
+
+fn edit(root: &Path, file: &str, from: &str, to: &str) {
+    let path = root.join(file);
+    let text = std::fs::read_to_string(&path).expect("read");
+    assert!(text.contains(from), "{file} does not contain {from:?}");
+    std::fs::write(&path, text.replacen(from, to, 1)).expect("write");
+}
+
+fn run(tmp: &tempfile::TempDir, capacity: Option<&Capacity>) -> Report {
+    validate_with(tmp.path(), Some(&tmp.path().join("crds")), capacity, None).expect("validate")
+}
+
+fn find<'a>(report: &'a Report, file: &str, object: &str, field: &str) -> &'a Finding {
+    report
+        .findings
+        .iter()
+        .find(|f| f.file == file && f.object == object && f.field == field)
+        .unwrap_or_else(|| panic!("no finding for {file} / {object} / {field} in:\n{report}"))
+}
+
+#[test]
+fn real_fixtures_are_clean() {
+    let report = validate(&fixtures().join("gitops"), None).expect("validate fixtures");
+    assert!(report.is_ok(), "{report}");
+    assert_eq!(report.repos, ["fluodata", "k3s", "mlops", "mlworkbench"]);
+    // root, foundation, platform and 16 leaf apps; ApplicationSets expand to 13 apps.
+    assert!(report.units >= 45, "{report}");
+    assert!(report.objects_checked >= 150, "{report}");
+    assert!(
+        report
+            .notes
+            .iter()
+            .any(|n| n.contains("estimated, not rendered: argocd, cert-manager")),
+        "{report}"
+    );
+}
+
+#[test]
+fn mlworkbench_fits_the_kvm_topology() {
+    let report = validate(
+        &fixtures().join("gitops/mlworkbench"),
+        Some(&mlworkbench_kvm()),
+    )
+    .expect("validate");
+    assert!(report.is_ok(), "{report}");
+    assert!(
+        report.notes[0].contains("the topology's version (v1.34.1)"),
+        "{report}"
+    );
+}
+
+#[test]
+fn planted_misspelled_field_names_file_object_and_field() {
+    let tmp = copy_platform("mlworkbench");
+    let root = tmp.path().join("mlworkbench");
+    edit(
+        &root,
+        "namespaces/minio/minio.yaml",
+        "  storageClassName: local-path",
+        "  storageClasName: local-path",
+    );
+    let report = run(&tmp, None);
+    let f = find(
+        &report,
+        "mlworkbench/namespaces/minio/minio.yaml",
+        "PersistentVolumeClaim minio/minio-data",
+        "spec.storageClasName",
+    );
+    assert!(
+        f.message.contains("did you mean \"storageClassName\""),
+        "{f}"
+    );
+    assert_eq!(report.findings.len(), 1, "{report}");
+}
+
+#[test]
+fn planted_wrong_field_in_a_crd_object() {
+    let tmp = copy_platform("mlworkbench");
+    edit(
+        &tmp.path().join("mlworkbench"),
+        "argocd-apps/platform/redis.yaml",
+        "      selfHeal: true",
+        "      selfheal: true",
+    );
+    let report = run(&tmp, None);
+    find(
+        &report,
+        "mlworkbench/argocd-apps/platform/redis.yaml",
+        "Application argocd/redis",
+        "spec.syncPolicy.automated.selfheal",
+    );
+}
+
+#[test]
+fn planted_missing_path() {
+    let tmp = copy_platform("mlworkbench");
+    edit(
+        &tmp.path().join("mlworkbench"),
+        "argocd-apps/platform/mlflow.yaml",
+        "path: namespaces/mlflow",
+        "path: namespaces/mlflw",
+    );
+    let report = run(&tmp, None);
+    let f = find(
+        &report,
+        "mlworkbench/argocd-apps/platform/mlflow.yaml",
+        "Application argocd/mlflow",
+        "spec.source.path",
+    );
+    assert!(
+        f.message.contains("\"namespaces/mlflw\" does not exist"),
+        "{f}"
+    );
+}
+
+#[test]
+fn planted_cycle() {
+    let tmp = copy_platform("mlworkbench");
+    let root = tmp.path().join("mlworkbench");
+    // platform-app's directory gets an Application that renders argocd-apps again.
+    let text = std::fs::read_to_string(root.join("bootstrap/root-app.yaml")).expect("read");
+    std::fs::write(
+        root.join("argocd-apps/platform/again.yaml"),
+        text.replace("name: root-app", "name: platform-app"),
+    )
+    .expect("write");
+    let report = run(&tmp, None);
+    let f = find(
+        &report,
+        "mlworkbench/argocd-apps/platform/again.yaml",
+        "Application argocd/platform-app",
+        "spec.source.path",
+    );
+    assert!(
+        f.message.contains("cycle: platform-app -> platform-app"),
+        "{f}"
+    );
+}
+
+#[test]
+fn planted_namespace_used_before_it_exists() {
+    let tmp = copy_platform("k3s");
+    // The platform app (namespaces, quotas) moves to the same wave as the ApplicationSets.
+    edit(
+        &tmp.path().join("k3s"),
+        "bootstrap/children/platform.yaml",
+        "sync-wave: \"-1\"",
+        "sync-wave: \"0\"",
+    );
+    let report = run(&tmp, None);
+    let f = find(
+        &report,
+        "k3s/apps/ml-platform/mlflow/mlflow.yaml",
+        "Deployment mlflow/mlflow",
+        "metadata.namespace",
+    );
+    assert!(f.message.contains("not created before"), "{f}");
+}
+
+#[test]
+fn planted_quota_overflow() {
+    let tmp = copy_platform("k3s");
+    edit(
+        &tmp.path().join("k3s"),
+        "apps/ml-platform/mlflow/mlflow.yaml",
+        "memory: 1Gi",
+        "memory: 2Gi",
+    );
+    let report = run(&tmp, None);
+    let f = find(
+        &report,
+        "k3s/platform/namespaces-and-quotas.yaml",
+        "ResourceQuota mlflow/mlflow-quota",
+        "spec.hard.requests.memory",
+    );
+    assert!(
+        f.message
+            .contains("2Gi in namespace \"mlflow\", over its quota of 1Gi"),
+        "{f}"
+    );
+}
+
+#[test]
+fn planted_request_larger_than_any_node() {
+    let tmp = copy_platform("mlworkbench");
+    // The OVH overlay keeps the document's 4 CPU / 16Gi per FL worker.
+    edit(
+        &tmp.path().join("mlworkbench"),
+        "argocd-apps/platform/fl-workers.yaml",
+        "fl-worker/overlays/local",
+        "fl-worker/overlays/ovh",
+    );
+    let report = run(&tmp, Some(&mlworkbench_kvm()));
+    let f = find(
+        &report,
+        "mlworkbench/namespaces/mlworkbench/fl-worker/base/worker.yaml",
+        "StatefulSet mlworkbench/fl-worker",
+        "spec.template.spec.containers[*].resources.requests",
+    );
+    assert!(f.message.contains("4 CPU / 16Gi"), "{f}");
+}
+
+#[test]
+fn planted_flux_depends_on_missing_target() {
+    let tmp = copy_platform("mlops");
+    edit(
+        &tmp.path().join("mlops"),
+        "clusters/production/ml-lifecycle.yaml",
+        "- name: orchestration",
+        "- name: orchestrashun",
+    );
+    let report = run(&tmp, None);
+    let f = find(
+        &report,
+        "mlops/clusters/production/ml-lifecycle.yaml",
+        "Kustomization flux-system/ml-lifecycle",
+        "spec.dependsOn[0].name",
+    );
+    assert!(
+        f.message.contains("\"orchestrashun\" does not exist"),
+        "{f}"
+    );
+}
+
+#[test]
+fn planted_flux_namespace_without_depends_on() {
+    let tmp = copy_platform("mlops");
+    // observability no longer waits for base, which creates its namespace.
+    edit(
+        &tmp.path().join("mlops"),
+        "clusters/production/observability.yaml",
+        "  dependsOn:\n    - name: base\n",
+        "",
+    );
+    let report = run(&tmp, None);
+    find(
+        &report,
+        "mlops/apps/observability/prometheus.yaml",
+        "Deployment observability/prometheus",
+        "metadata.namespace",
+    );
+}
+
+#[test]
+fn version_outside_the_window_is_said() {
+    let mut cap = mlworkbench_kvm();
+    cap.kubernetes_version = "v1.31.2".into();
+    let tmp = copy_platform("mlworkbench");
+    let report = run(&tmp, Some(&cap));
+    assert!(
+        report.notes[0].contains("OUTSIDE k8s-openapi's window 1.33-1.37"),
+        "{report}"
+    );
+}

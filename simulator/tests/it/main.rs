@@ -1,0 +1,3 @@
+//! The simulator's one integration-test binary.
+
+mod gitops;
