@@ -1,0 +1,191 @@
+//! FL-in-the-simulator tests: learning with the oracle checked every round, determinism,
+//! the coordinator's node dying mid-round, dropouts and stragglers.
+
+use super::*;
+use crate::fault::Fault;
+use crate::timings::{MIN, SEC};
+use crate::{Sim, SimOptions, Topology};
+
+const TOPOLOGY: &str = "
+name: fl-test
+description: three combined nodes for FL tests
+source: test
+distribution: talos
+infrastructure: kvm
+datastore: etcd
+allow_scheduling_on_control_plane: true
+nodes:
+  - { name: n1, roles: [control-plane, worker], cpu: 4, memory: 8Gi }
+  - { name: n2, roles: [control-plane, worker], cpu: 4, memory: 8Gi }
+  - { name: n3, roles: [control-plane, worker], cpu: 4, memory: 8Gi }
+network: { latency_us: 200, bandwidth_mbps: 1000 }
+";
+
+fn world(seed: u64, cfg: FlConfig) -> (Sim, ModelId) {
+    let topo = Topology::from_yaml("fl-test.yaml", TOPOLOGY).expect("test topology parses");
+    let nodes: Vec<String> = topo.nodes.iter().map(|n| n.name.clone()).collect();
+    let mut sim = Sim::new(
+        topo,
+        seed,
+        SimOptions {
+            apply_topology_workloads: false,
+            ..SimOptions::default()
+        },
+    );
+    let fl = FlModel::new(cfg, &nodes, seed).expect("fl config is valid");
+    let id = sim.add_model(Box::new(fl));
+    (sim, id)
+}
+
+/// Runs until the FL workload finishes (bounded by `limit_us` of virtual time).
+fn run(sim: &mut Sim, id: ModelId, limit_us: Time) {
+    while sim.now() < limit_us {
+        if sim.model::<FlModel>(id).unwrap().is_finished() || sim.violation().is_some() {
+            break;
+        }
+        sim.run_until(sim.now() + 10 * SEC);
+    }
+    if let Some(v) = sim.violation() {
+        panic!("{v}\n{}", sim.repro());
+    }
+}
+
+fn small(rounds: u64) -> FlConfig {
+    let mut cfg = FlConfig {
+        clients: 12,
+        ..FlConfig::default()
+    };
+    cfg.round.num_rounds = rounds;
+    cfg
+}
+
+#[test]
+fn rounds_learn_and_every_global_model_matches_the_recompute() {
+    let (mut sim, id) = world(7, small(8));
+    run(&mut sim, id, 60 * MIN);
+    let fl = sim.model::<FlModel>(id).unwrap();
+    assert!(fl.is_finished());
+    let rounds = fl.rounds();
+    assert_eq!(rounds.len(), 8);
+    assert!(
+        rounds
+            .iter()
+            .all(|r| r.aggregated && r.accepted == 12 && r.failures == 0),
+        "{rounds:?}"
+    );
+    let (first, last) = (&rounds[0], &rounds[7]);
+    assert!(
+        last.central_loss.unwrap() < first.central_loss.unwrap()
+            && last.central_accuracy.unwrap() > first.central_accuracy.unwrap(),
+        "{first:?} -> {last:?}"
+    );
+    assert!(
+        rounds
+            .iter()
+            .all(|r| r.federated_loss.is_some() && r.latency_ms > 0)
+    );
+    let completed = sim
+        .trace()
+        .entries()
+        .iter()
+        .filter(|e| matches!(&e.event, TraceEvent::Ext { kind, .. } if kind == "round-completed"))
+        .count();
+    assert_eq!(completed, 8);
+}
+
+#[test]
+fn same_seed_same_trace_hash() {
+    let hash = |seed| {
+        let (mut sim, id) = world(seed, small(3));
+        run(&mut sim, id, 30 * MIN);
+        (
+            sim.trace_hash(),
+            sim.model::<FlModel>(id).unwrap().rounds().to_vec(),
+        )
+    };
+    let a = hash(11);
+    assert_eq!(a, hash(11));
+    assert_ne!(a.0, hash(12).0);
+}
+
+/// The coordinator's node dies mid-round and comes back: the coordinator restores its persisted
+/// state, resumes the round and training finishes; acknowledged updates are counted once.
+#[test]
+fn coordinator_node_killed_mid_round_resumes() {
+    let mut cfg = small(6);
+    cfg.round.fit_timeout_ms = Some(120_000);
+    // Slow training so that the kill lands inside a fit stage.
+    cfg.train.epochs = 30;
+    let (mut sim, id) = world(3, cfg);
+    // Wait for round 2 to be under way.
+    let mut guard = 0;
+    while sim.model::<FlModel>(id).unwrap().rounds().len() < 2 {
+        sim.run_until(sim.now() + SEC);
+        guard += 1;
+        assert!(guard < 3600, "round 2 never started");
+    }
+    sim.inject(Fault::KillNode { node: "n1".into() });
+    let killed_at = sim.now();
+    sim.schedule_fault(
+        killed_at + 2 * MIN,
+        Fault::RestoreNode { node: "n1".into() },
+    );
+    run(&mut sim, id, killed_at + 60 * MIN);
+    let fl = sim.model::<FlModel>(id).unwrap();
+    assert!(fl.is_finished(), "rounds {:?}", fl.rounds());
+    let restarted = sim.trace().entries().iter().any(
+        |e| matches!(&e.event, TraceEvent::Ext { kind, .. } if kind == "coordinator-restarted"),
+    );
+    assert!(restarted);
+    let history = fl.history().unwrap();
+    assert_eq!(history.len(), 6);
+    // Clients on n1 were lost in the round the node died in.
+    assert!(
+        history.iter().any(|r| !r.failures.is_empty()),
+        "some round saw the lost clients"
+    );
+}
+
+#[test]
+fn dropouts_and_stragglers_time_out_and_rounds_still_aggregate() {
+    let mut cfg = small(5);
+    cfg.round.fit_timeout_ms = Some(30_000);
+    cfg.round.evaluate_timeout_ms = Some(30_000);
+    cfg.faults.dropout_probability = 0.25;
+    cfg.faults.straggler_fraction = 0.3;
+    cfg.faults.slow_link_fraction = 0.2;
+    let (mut sim, id) = world(5, cfg);
+    run(&mut sim, id, 60 * MIN);
+    let fl = sim.model::<FlModel>(id).unwrap();
+    assert!(fl.is_finished());
+    let failures: usize = fl.rounds().iter().map(|r| r.failures).sum();
+    assert!(failures > 0, "{:?}", fl.rounds());
+    assert!(fl.rounds().iter().all(|r| r.aggregated));
+    // A round that waited for silent clients lasts at least the timeout.
+    assert!(
+        fl.rounds()
+            .iter()
+            .any(|r| r.failures > 0 && r.latency_ms >= 30_000)
+    );
+}
+
+/// Byzantine clients ruin FedAvg's model but not Krum's (the strategy is the real fl-core one).
+#[test]
+fn byzantine_clients_against_fedavg_and_krum() {
+    let acc = |strategy: &str| {
+        let mut cfg = small(6);
+        cfg.faults.byzantine_clients = 2;
+        cfg.strategy = strategy.into();
+        if strategy == "krum" {
+            cfg.strategy_params
+                .insert("num_malicious_clients".into(), "2".into());
+        }
+        let (mut sim, id) = world(9, cfg);
+        run(&mut sim, id, 60 * MIN);
+        let fl = sim.model::<FlModel>(id).unwrap();
+        assert!(fl.is_finished());
+        fl.rounds().last().unwrap().central_accuracy.unwrap()
+    };
+    let (fedavg, krum) = (acc("fedavg"), acc("krum"));
+    assert!(krum > fedavg, "krum {krum} vs fedavg {fedavg}");
+}
