@@ -2,6 +2,17 @@
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
 mod aggregate;
+mod api;
+mod auth;
+mod clock;
+mod coordinator;
+mod dataset;
+mod export;
+mod metrics;
+mod modelio;
+mod store;
+mod tls;
+mod worker;
 
 use anyhow::{Result, bail};
 
@@ -11,6 +22,8 @@ commands:
   aggregate     recompute a round offline from stored updates (the audit path)
   coordinator   run the FL coordinator (HTTP API)
   worker        run an FL worker against a coordinator
+  export-round  write a stored round's updates and state in `fl aggregate`'s input format
+  token         mint an HS256 JWT for a worker or an operator
 ";
 
 fn main() -> Result<()> {
@@ -22,6 +35,10 @@ fn main() -> Result<()> {
     let rest: Vec<String> = args.collect();
     match cmd.as_str() {
         "aggregate" => aggregate::run(rest),
+        "coordinator" => coordinator::run(rest),
+        "worker" => worker::run(rest),
+        "export-round" => export::run(rest),
+        "token" => auth::run_token(rest),
         "-h" | "--help" | "help" => {
             print!("{USAGE}");
             Ok(())
@@ -31,4 +48,14 @@ fn main() -> Result<()> {
             bail!("unknown command `{other}`")
         }
     }
+}
+
+/// Logs to stderr; `RUST_LOG` filters (default `info`).
+pub(crate) fn init_tracing() {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }

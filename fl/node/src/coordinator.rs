@@ -1,0 +1,1294 @@
+//! `fl coordinator`: the FL coordinator process. An axum HTTP shell around fl-core's sans-IO
+//! round machine ([`fl_core::round::Coordinator`]), which it drives unchanged: HTTP handlers and
+//! timers turn into [`Event`]s, the machine's [`Action`]s into storage, aggregation and replies.
+//!
+//! Durability: an upload is streamed to `tmp/`, fsynced, validated, renamed into `updates/`,
+//! then the machine accepts it and its whole state is committed to the metadata database; only
+//! then is the upload acknowledged. After a SIGKILL the restarted process restores that state
+//! and feeds [`Event::Restart`], which re-emits whatever was in flight.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use clap::Parser;
+use fl_core::round::{
+    AcceptedUpdate, Action, ClientId, Coordinator, CoordinatorState, Event, Phase, RejectReason,
+    RoundConfig, TimerId, UpdateId,
+};
+use fl_core::strategy::{Collector, Limits, Params, Update, build_strategy};
+use fl_core::train::{Architecture, Trainer};
+use fl_core::{FlError, Metrics as FlMetrics, ModelView};
+use http_body_util::BodyExt;
+use rand::SeedableRng;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::Mutex;
+
+use crate::api::*;
+use crate::auth::{Auth, JwtConfig, Principal};
+use crate::clock::{Clock, FileClock, SystemClock};
+use crate::dataset;
+use crate::metrics::Metrics;
+use crate::modelio;
+use crate::store::{Blobs, Meta, ModelRow, commit};
+
+/// Default cap on one upload: 1 GiB (a 250M-parameter f32 model).
+pub const DEFAULT_MAX_UPDATE_BYTES: u64 = 1 << 30;
+/// Cap on JSON request bodies (register, evaluate, inference).
+pub const MAX_JSON_BYTES: usize = 4 << 20;
+/// Rows per inference request.
+pub const MAX_INFERENCE_ROWS: usize = 10_000;
+/// Events one call may chain (aggregation -> evaluation -> next round ...): bounds the loop.
+const MAX_CHAINED_EVENTS: usize = 64;
+/// Longest a timer task sleeps before re-reading the (possibly skewed or file-driven) clock.
+const TIMER_RECHECK: Duration = Duration::from_millis(200);
+/// The embedded API description, also served at `/api/v1/openapi.json`.
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+#[derive(Parser, Debug, Clone)]
+#[command(name = "fl coordinator", about = "run the FL coordinator (HTTP API)")]
+pub struct Args {
+    /// Address to listen on (127.0.0.1 only in tests; port 0 picks a free one, see --addr-file).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Where models, updates and (by default) the SQLite metadata live.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// Metadata database: `sqlite://PATH` (default: DATA_DIR/meta.sqlite) or `postgres://...`.
+    #[arg(long)]
+    pub database: Option<String>,
+    /// Aggregation strategy (fl-core names: fedavg, fedprox, fedavgm, fedadam, krum, ...).
+    #[arg(long, default_value = "fedavg")]
+    pub strategy: String,
+    /// Strategy parameter by Flower name, repeatable: `--strategy-param proximal_mu=0.1`.
+    #[arg(long = "strategy-param", value_parser = parse_kv)]
+    pub strategy_params: Vec<(String, String)>,
+    /// Model architecture: softmax-<in>-<classes> or mlp-<in>-<hidden>-<classes>.
+    #[arg(long, default_value = "softmax-64-10")]
+    pub model: String,
+    /// Seed of the initial model, client sampling and the DP noise.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 1)]
+    pub rounds: u64,
+    #[arg(long, default_value_t = 2)]
+    pub min_fit_clients: usize,
+    #[arg(long, default_value_t = 2)]
+    pub min_available_clients: usize,
+    #[arg(long, default_value_t = 1.0)]
+    pub fraction_fit: f64,
+    /// Federated evaluation fraction (0 = none).
+    #[arg(long, default_value_t = 0.0)]
+    pub fraction_evaluate: f64,
+    #[arg(long, default_value_t = 2)]
+    pub min_evaluate_clients: usize,
+    /// Fit (and evaluate) stage timeout; none = wait for every selected client.
+    #[arg(long)]
+    pub round_timeout_ms: Option<u64>,
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub accept_failures: bool,
+    #[arg(long, default_value_t = 1)]
+    pub min_fit_results: usize,
+    /// Held-out data for centralised evaluation: digits=PATH, synthetic[:A,B].
+    #[arg(long)]
+    pub eval_data: Option<String>,
+    /// Number of clients the synthetic data is generated for (must match the workers').
+    #[arg(long, default_value_t = 10)]
+    pub data_clients: usize,
+    #[arg(long, default_value_t = 0.2)]
+    pub test_fraction: f64,
+    #[arg(long, default_value_t = 0)]
+    pub data_seed: u64,
+    /// Local epochs the workers are told to run.
+    #[arg(long, default_value_t = 1)]
+    pub epochs: u32,
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 0.1)]
+    pub learning_rate: f32,
+    #[arg(long, default_value_t = 0.0)]
+    pub proximal_mu: f32,
+    /// API-key file: `<key> <client-id|admin>` per line.
+    #[arg(long)]
+    pub api_keys: Option<PathBuf>,
+    /// HS256 secret for JWT bearer tokens.
+    #[arg(long)]
+    pub jwt_secret_file: Option<PathBuf>,
+    #[arg(long, default_value = "fl-coordinator")]
+    pub jwt_audience: String,
+    /// Serve without authentication (development only).
+    #[arg(long)]
+    pub no_auth: bool,
+    /// TLS certificate chain (PEM); with --tls-key the API is served over TLS.
+    #[arg(long)]
+    pub tls_cert: Option<PathBuf>,
+    #[arg(long)]
+    pub tls_key: Option<PathBuf>,
+    /// CA (PEM) whose certificates clients must present (mTLS).
+    #[arg(long)]
+    pub tls_client_ca: Option<PathBuf>,
+    #[arg(long, default_value_t = DEFAULT_MAX_UPDATE_BYTES)]
+    pub max_update_bytes: u64,
+    /// Shift the coordinator's clock by this much (a scenario's clock skew).
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+    pub clock_skew_ms: i64,
+    /// Read the clock (ms since the epoch) from this file instead of the system clock.
+    #[arg(long)]
+    pub clock_file: Option<PathBuf>,
+    /// Write the bound address here once listening.
+    #[arg(long)]
+    pub addr_file: Option<PathBuf>,
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("`{s}` is not KEY=VALUE"))
+}
+
+/// What is stored beside the state: a restart with a different configuration is refused.
+#[derive(serde::Serialize)]
+struct StoredConfig<'a> {
+    round: &'a RoundConfig,
+    strategy: &'a str,
+    strategy_params: &'a Params,
+    model: String,
+    seed: u64,
+}
+
+/// The DP noise seed of `round` (also written by `fl export-round`).
+pub fn round_seed(seed: u64, round: u64) -> u64 {
+    seed ^ round.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+struct Core {
+    machine: Coordinator,
+}
+
+pub struct App {
+    core: Mutex<Core>,
+    blobs: Blobs,
+    meta: Meta,
+    metrics: Metrics,
+    clock: Arc<dyn Clock>,
+    auth: Auth,
+    arch: Architecture,
+    config_json: String,
+    strategy: String,
+    strategy_params: Params,
+    fit: FitConfig,
+    eval: Option<fl_core::data::Dataset>,
+    max_update_bytes: u64,
+    seed: u64,
+    ready: AtomicBool,
+}
+
+pub fn run(args: Vec<String>) -> Result<()> {
+    let args = Args::try_parse_from(std::iter::once("fl coordinator".to_owned()).chain(args))?;
+    crate::init_tracing();
+    crate::tls::install_crypto_provider();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting tokio")?;
+    rt.block_on(serve(args))
+}
+
+async fn serve(args: Args) -> Result<()> {
+    let (app, listener) = start(&args).await?;
+    let addr = listener.local_addr()?;
+    if let Some(p) = &args.addr_file {
+        let tmp = p.with_extension("tmp");
+        std::fs::write(&tmp, addr.to_string())
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, p).with_context(|| format!("writing {}", p.display()))?;
+    }
+    let router = router(app.clone());
+    tracing::info!(%addr, "coordinator listening");
+    app.ready.store(true, Ordering::SeqCst);
+    match crate::tls::server_config(&args)? {
+        Some(tls) => crate::tls::serve_tls(listener, tls, router).await,
+        None => axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+            .context("serving http"),
+    }
+}
+
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+    }
+}
+
+async fn start(args: &Args) -> Result<(Arc<App>, tokio::net::TcpListener)> {
+    let arch = modelio::parse_arch(&args.model)?;
+    let blobs = Blobs::open(&args.data_dir)?;
+    let db = args
+        .database
+        .clone()
+        .unwrap_or_else(|| format!("sqlite://{}", args.data_dir.join("meta.sqlite").display()));
+    let meta = Meta::open(&db).await?;
+    let clock: Arc<dyn Clock> = match &args.clock_file {
+        Some(p) => Arc::new(FileClock::new(p.clone())?),
+        None => Arc::new(SystemClock {
+            skew_ms: args.clock_skew_ms,
+        }),
+    };
+    let auth = if args.no_auth {
+        tracing::warn!("--no-auth: every request is trusted");
+        Auth::open()
+    } else {
+        let jwt = match &args.jwt_secret_file {
+            Some(p) => Some(JwtConfig {
+                secret: std::fs::read(p)
+                    .with_context(|| format!("reading jwt secret {}", p.display()))?
+                    .trim_ascii()
+                    .to_vec(),
+                audience: args.jwt_audience.clone(),
+            }),
+            None => None,
+        };
+        Auth::new(args.api_keys.as_deref(), jwt)?
+    };
+    let round_cfg = RoundConfig {
+        num_rounds: args.rounds,
+        seed: args.seed,
+        fraction_fit: args.fraction_fit,
+        min_fit_clients: args.min_fit_clients,
+        min_available_clients: args.min_available_clients,
+        fraction_evaluate: args.fraction_evaluate,
+        min_evaluate_clients: args.min_evaluate_clients,
+        accept_failures: args.accept_failures,
+        min_fit_results: args.min_fit_results,
+        fit_timeout_ms: args.round_timeout_ms,
+        evaluate_timeout_ms: args.round_timeout_ms,
+        centralized_evaluation: args.eval_data.is_some(),
+        ..RoundConfig::default()
+    };
+    let strategy_params: Params = args.strategy_params.iter().cloned().collect();
+    // Fail at start, not at the first aggregation, on an unknown strategy or parameter.
+    build_strategy(&args.strategy, &strategy_params, Limits::default(), 0)
+        .with_context(|| format!("--strategy {}", args.strategy))?;
+    let eval = match &args.eval_data {
+        Some(s) => {
+            let spec = dataset::Spec {
+                source: dataset::parse_source(s)?,
+                partition: dataset::Partition::Iid,
+                num_clients: args.data_clients,
+                test_fraction: args.test_fraction,
+                seed: args.data_seed,
+            };
+            Some(spec.test_set()?)
+        }
+        None => None,
+    };
+    let config_json = serde_json::to_string(&StoredConfig {
+        round: &round_cfg,
+        strategy: &args.strategy,
+        strategy_params: &strategy_params,
+        model: arch.to_string(),
+        seed: args.seed,
+    })?;
+    let stored = meta.load_state().await?;
+    let (machine, first_event) = match stored {
+        Some((cfg, state)) => {
+            if cfg != config_json {
+                bail!(
+                    "the data dir holds a run with another configuration; restart with the same flags or a new --data-dir\n stored: {cfg}\n given:  {config_json}"
+                );
+            }
+            let state: CoordinatorState =
+                serde_json::from_str(&state).context("parsing stored coordinator state")?;
+            tracing::info!(round = state.round, "resuming from stored state");
+            (Coordinator::restore(round_cfg, state)?, Event::Restart)
+        }
+        None => {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(args.seed);
+            let model = modelio::from_params(arch, &arch.init(&mut rng))?;
+            let digest = model.digest().to_hex();
+            let bytes = model.to_safetensors();
+            blobs.write_durable(&blobs.model_path(&digest), &bytes)?;
+            let now = clock.now_ms();
+            meta.put_model(&ModelRow {
+                digest: digest.clone(),
+                round: 0,
+                size_bytes: bytes.len() as u64,
+                created_ms: now,
+            })
+            .await?;
+            (
+                Coordinator::new(round_cfg)?,
+                Event::Start {
+                    global_digest: digest,
+                },
+            )
+        }
+    };
+    let app = Arc::new(App {
+        core: Mutex::new(Core { machine }),
+        blobs,
+        meta,
+        metrics: Metrics::default(),
+        clock,
+        auth,
+        arch,
+        config_json,
+        strategy: args.strategy.clone(),
+        strategy_params,
+        fit: FitConfig {
+            epochs: args.epochs,
+            batch_size: args.batch_size,
+            learning_rate: args.learning_rate,
+            proximal_mu: args.proximal_mu,
+        },
+        eval,
+        max_update_bytes: args.max_update_bytes,
+        seed: args.seed,
+        ready: AtomicBool::new(false),
+    });
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    {
+        let mut core = app.core.lock().await;
+        app.feed(&mut core, first_event).await?;
+    }
+    Ok((app, listener))
+}
+
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route(
+            "/api/v1/openapi.json",
+            get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
+        )
+        .route("/api/v1/fl/register_client", post(register))
+        .route("/api/v1/fl/task", get(task))
+        .route("/api/v1/fl/model/latest", get(model_latest))
+        .route("/api/v1/fl/upload_update", post(upload))
+        .route("/api/v1/fl/evaluate", post(evaluate))
+        .route("/api/v1/fl/rounds", get(rounds))
+        .route("/api/v1/inference", post(inference))
+        .route("/api/v1/models", get(models))
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "path",
+                "no such endpoint",
+            )
+        })
+        .layer(middleware::from_fn_with_state(
+            app.clone(),
+            count_rejections,
+        ))
+        .with_state(app)
+}
+
+/// Counts every 4xx/5xx answer by endpoint and reason.
+async fn count_rejections(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let path = req.uri().path().to_owned();
+    let resp = next.run(req).await;
+    if let Some(Rejected(code)) = resp.extensions().get::<Rejected>() {
+        let endpoint = if path.starts_with("/api/") {
+            path.as_str()
+        } else {
+            "other"
+        };
+        app.metrics.inc(
+            "fl_requests_rejected_total",
+            &[("endpoint", endpoint), ("reason", code)],
+            1,
+        );
+    }
+    resp
+}
+
+impl App {
+    fn principal(&self, headers: &HeaderMap) -> Result<Principal, ApiError> {
+        let bearer = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            });
+        let key = headers.get(HDR_API_KEY).and_then(|v| v.to_str().ok());
+        self.auth
+            .authenticate(bearer, key, self.clock.now_ms())
+            .map_err(|e| {
+                let field = if key.is_some() {
+                    HDR_API_KEY
+                } else {
+                    "authorization"
+                };
+                ApiError::new(StatusCode::UNAUTHORIZED, e.code(), field, e.to_string())
+            })
+    }
+
+    fn act_for(
+        &self,
+        headers: &HeaderMap,
+        field: &str,
+        client: &str,
+    ) -> Result<Principal, ApiError> {
+        let p = self.principal(headers)?;
+        check_client_id(field, client)?;
+        if !p.may_act_for(client) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden_client",
+                field,
+                format!("credentials of {p:?} may not act for client `{client}`"),
+            ));
+        }
+        Ok(p)
+    }
+
+    /// Feeds one event (and the events its actions produce) to the machine, persisting the
+    /// state after each step. Returns the actions the caller answers with (accept/reject).
+    async fn feed(self: &Arc<Self>, core: &mut Core, event: Event) -> Result<Vec<Action>> {
+        let mut queue = VecDeque::from([event]);
+        let mut visible = Vec::new();
+        for _ in 0..MAX_CHAINED_EVENTS {
+            let Some(ev) = queue.pop_front() else { break };
+            let now = self.clock.now_ms();
+            let actions = core
+                .machine
+                .on_event(now, ev)
+                .map_err(|e| anyhow::anyhow!("round machine: {e}"))?;
+            let state = serde_json::to_string(core.machine.state())?;
+            self.meta.save_state(&self.config_json, &state, now).await?;
+            for a in actions {
+                match a {
+                    Action::SetTimer { timer, at_ms } => self.arm_timer(timer, at_ms),
+                    Action::Aggregate {
+                        round,
+                        global_digest,
+                        updates,
+                    } => {
+                        let t0 = Instant::now();
+                        let r = tokio::task::block_in_place(|| {
+                            self.aggregate(&core.machine, round, &global_digest, &updates)
+                        });
+                        match r {
+                            Ok((digest, size, metrics)) => {
+                                self.meta
+                                    .put_model(&ModelRow {
+                                        digest: digest.clone(),
+                                        round,
+                                        size_bytes: size,
+                                        created_ms: now,
+                                    })
+                                    .await?;
+                                self.metrics
+                                    .observe("fl_aggregation_seconds", t0.elapsed().as_secs_f64());
+                                tracing::info!(round, %digest, clients = updates.len(), "aggregated");
+                                queue.push_back(Event::AggregationDone {
+                                    round,
+                                    global_digest: digest,
+                                    metrics,
+                                });
+                            }
+                            Err(e) => {
+                                tracing::warn!(round, "aggregation failed: {e:#}");
+                                queue.push_back(Event::AggregationFailed {
+                                    round,
+                                    reason: format!("{e:#}"),
+                                });
+                            }
+                        }
+                    }
+                    Action::EvaluateCentralized {
+                        round,
+                        global_digest,
+                    } => {
+                        let (loss, metrics) =
+                            tokio::task::block_in_place(|| self.evaluate_central(&global_digest))?;
+                        queue.push_back(Event::CentralEvaluationDone {
+                            round,
+                            loss,
+                            metrics,
+                        });
+                    }
+                    Action::RoundCompleted(rec) => {
+                        self.metrics.inc("fl_rounds_completed_total", &[], 1);
+                        if let Some(l) = rec.latency_ms() {
+                            self.metrics
+                                .observe("fl_round_latency_seconds", l as f64 / 1000.0);
+                        }
+                        if let Some(acc) =
+                            rec.central.as_ref().and_then(|c| c.metrics.get("accuracy"))
+                        {
+                            self.metrics.set("fl_global_accuracy", *acc);
+                        }
+                        self.meta
+                            .put_round(rec.round, &serde_json::to_string(&rec)?)
+                            .await?;
+                        tracing::info!(round = rec.round, accepted = rec.accepted.len(), failures = rec.failures.len(),
+                            central = ?rec.central, "round completed");
+                    }
+                    Action::FitRoundFailed { round, reason } => {
+                        let code = match &reason {
+                            fl_core::round::RoundFailure::SamplingFailed { .. } => {
+                                "sampling_failed"
+                            }
+                            fl_core::round::RoundFailure::TooFewResults { .. } => "too_few_results",
+                            fl_core::round::RoundFailure::FailuresNotAccepted { .. } => {
+                                "failures_not_accepted"
+                            }
+                            fl_core::round::RoundFailure::Aggregation(_) => "aggregation_failed",
+                        };
+                        self.metrics
+                            .inc("fl_rounds_failed_total", &[("reason", code)], 1);
+                        tracing::warn!(round, %reason, "fit round failed");
+                    }
+                    Action::Finished {
+                        rounds,
+                        global_digest,
+                    } => {
+                        tracing::info!(rounds, %global_digest, "training finished");
+                    }
+                    other => visible.push(other),
+                }
+            }
+        }
+        if !queue.is_empty() {
+            bail!("more than {MAX_CHAINED_EVENTS} chained events in one step");
+        }
+        self.metrics
+            .set("fl_current_round", core.machine.round() as f64);
+        self.metrics.set(
+            "fl_registered_clients",
+            core.machine.state().clients.len() as f64,
+        );
+        Ok(visible)
+    }
+
+    fn arm_timer(self: &Arc<Self>, timer: TimerId, at_ms: u64) {
+        let app = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let now = app.clock.now_ms();
+                if now >= at_ms {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(at_ms - now).min(TIMER_RECHECK)).await;
+            }
+            let mut core = app.core.lock().await;
+            if let Err(e) = app.feed(&mut core, Event::TimerFired { timer }).await {
+                tracing::error!("timer {timer:?}: {e:#}");
+            }
+        });
+    }
+
+    /// Runs the strategy over exactly the machine's accepted updates and stores the model.
+    fn aggregate(
+        &self,
+        machine: &Coordinator,
+        round: u64,
+        base: &str,
+        updates: &[AcceptedUpdate],
+    ) -> Result<(String, u64, FlMetrics)> {
+        let gmap = map_file(&self.blobs.model_path(base))?;
+        let umaps: Vec<memmap2::Mmap> = updates
+            .iter()
+            .map(|u| map_file(&self.blobs.update_path(round, &u.client.0, &u.update_id.0)))
+            .collect::<Result<_>>()?;
+        let prev_state = previous_state_path(&self.blobs, machine, round);
+        let state_bytes = match &prev_state {
+            Some(p) => Some(
+                std::fs::read(p)
+                    .with_context(|| format!("reading strategy state {}", p.display()))?,
+            ),
+            None => None,
+        };
+        let global = ModelView::from_safetensors_labeled(&gmap, "global model")?;
+        let mut s = build_strategy(
+            &self.strategy,
+            &self.strategy_params,
+            Limits::default(),
+            round_seed(self.seed, round),
+        )?;
+        if let Some(b) = &state_bytes {
+            s.load_state(&ModelView::from_safetensors_labeled(b, "strategy state")?)?;
+        }
+        s.begin(round, Some(global))?;
+        for (u, m) in updates.iter().zip(&umaps) {
+            let v = ModelView::from_safetensors_labeled(m, &u.client.0)?;
+            s.fold(
+                Update::new(u.client.0.clone(), round, v, u.num_examples)
+                    .with_metrics(u.metrics.clone()),
+            )?;
+        }
+        let (model, metrics) = s.finish()?;
+        let digest = model.digest().to_hex();
+        let bytes = model.to_safetensors();
+        self.blobs
+            .write_durable(&self.blobs.model_path(&digest), &bytes)?;
+        let st = s.state();
+        if !st.is_empty() {
+            self.blobs
+                .write_durable(&self.blobs.strategy_state_path(round), &st.to_safetensors())?;
+        }
+        Ok((digest, bytes.len() as u64, metrics))
+    }
+
+    fn evaluate_central(&self, digest: &str) -> Result<(f64, FlMetrics)> {
+        let data = self
+            .eval
+            .as_ref()
+            .context("centralised evaluation asked without --eval-data")?;
+        let m = map_file(&self.blobs.model_path(digest))?;
+        let model = ModelView::from_safetensors_labeled(&m, "global model")?;
+        let params = modelio::to_params(self.arch, &model)?;
+        let e = Trainer::new(self.arch).evaluate(&params, data)?;
+        Ok((
+            e.loss,
+            FlMetrics::from([("accuracy".to_owned(), e.accuracy)]),
+        ))
+    }
+}
+
+/// The strategy state saved after the last aggregated round before `round`.
+pub fn previous_state_path(blobs: &Blobs, machine: &Coordinator, round: u64) -> Option<PathBuf> {
+    machine
+        .history()
+        .iter()
+        .rev()
+        .filter(|r| r.round < round && r.aggregated())
+        .map(|r| blobs.strategy_state_path(r.round))
+        .next()
+        .filter(|p| p.exists())
+}
+
+pub fn map_file(p: &Path) -> Result<memmap2::Mmap> {
+    let f = std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?;
+    // SAFETY: files under their final names are never modified in place (written to tmp/,
+    // fsynced, renamed), so the mapping does not change under us.
+    unsafe { memmap2::Mmap::map(&f) }.with_context(|| format!("mapping {}", p.display()))
+}
+
+fn phase_name(p: &Phase) -> &'static str {
+    match p {
+        Phase::Idle => "idle",
+        Phase::Waiting { .. } => "waiting-for-clients",
+        Phase::Fit { .. } => "fit",
+        Phase::Aggregating => "aggregating",
+        Phase::CentralEval => "central-evaluation",
+        Phase::Evaluate { .. } => "evaluate",
+        Phase::Finished => "finished",
+    }
+}
+
+/// Reads a whole body up to `limit` bytes (for JSON bodies).
+async fn read_limited(body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
+    let mut body = body;
+    let mut out = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            ApiError::bad(
+                "truncated_body",
+                "body",
+                format!("reading the body failed: {e}"),
+            )
+        })?;
+        if let Ok(d) = frame.into_data() {
+            if out.len() + d.len() > limit {
+                return Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    "body",
+                    format!("over {limit} bytes"),
+                ));
+            }
+            out.extend_from_slice(&d);
+        }
+    }
+    Ok(out)
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        let msg = e.to_string();
+        // serde names the field in "missing field `x`" / "unknown field `x`" / "invalid type ... for `x`".
+        let field = msg
+            .split('`')
+            .nth(1)
+            .filter(|_| msg.contains("field"))
+            .unwrap_or("body")
+            .to_owned();
+        ApiError::bad("invalid_json", field, msg)
+    })
+}
+
+fn query_field<T: std::str::FromStr>(
+    q: &BTreeMap<String, String>,
+    name: &str,
+) -> Result<T, ApiError>
+where
+    T::Err: std::fmt::Display,
+{
+    let v = q.get(name).ok_or_else(|| {
+        ApiError::bad(
+            "missing_field",
+            name,
+            format!("query parameter `{name}` is required"),
+        )
+    })?;
+    v.parse::<T>()
+        .map_err(|e| ApiError::bad("invalid_field", name, format!("`{v}`: {e}")))
+}
+
+async fn readyz(State(app): State<Arc<App>>) -> Response {
+    if app.ready.load(Ordering::SeqCst) {
+        "ready\n".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response()
+    }
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        app.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn register(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    app.principal(&headers)?;
+    let req: RegisterRequest = parse_json(&read_limited(body, MAX_JSON_BYTES).await?)?;
+    app.act_for(&headers, "client_id", &req.client_id)?;
+    let mut core = app.core.lock().await;
+    app.feed(
+        &mut core,
+        Event::ClientRegistered {
+            client: ClientId(req.client_id.clone()),
+        },
+    )
+    .await
+    .map_err(ApiError::internal)?;
+    app.metrics.inc("fl_clients_registered_total", &[], 1);
+    let m = &core.machine;
+    Ok(axum::Json(RegisterResponse {
+        client_id: req.client_id,
+        round: m.round(),
+        phase: phase_name(m.phase()).into(),
+        registered_clients: m.state().clients.len(),
+    })
+    .into_response())
+}
+
+async fn task(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let client: String = query_field(&q, "client_id")?;
+    app.act_for(&headers, "client_id", &client)?;
+    let core = app.core.lock().await;
+    let m = &core.machine;
+    let id = ClientId(client);
+    let cur = m.current();
+    let (task, selected) = match m.phase() {
+        Phase::Fit { .. } => ("fit", cur.is_some_and(|c| c.selected.contains(&id))),
+        Phase::Evaluate { .. } => (
+            "evaluate",
+            cur.is_some_and(|c| c.eval_selected.contains(&id)),
+        ),
+        Phase::Finished => ("finished", false),
+        _ => ("wait", false),
+    };
+    let pending = m.pending_clients().contains(&id);
+    Ok(axum::Json(TaskResponse {
+        round: m.round(),
+        phase: phase_name(m.phase()).into(),
+        task: task.into(),
+        selected,
+        pending,
+        registered: m.state().clients.contains(&id),
+        global_digest: m.global_digest().into(),
+        fit_config: app.fit,
+    })
+    .into_response())
+}
+
+async fn model_latest(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    app.principal(&headers)?;
+    let (round, digest) = {
+        let core = app.core.lock().await;
+        (
+            core.machine.round(),
+            core.machine.global_digest().to_owned(),
+        )
+    };
+    let path = app.blobs.model_path(&digest);
+    let file = tokio::fs::File::open(&path)
+        .await
+        .map_err(ApiError::internal)?;
+    let len = file.metadata().await.map_err(ApiError::internal)?.len();
+    // Streamed from disk in 64 KiB chunks: a large model is never held whole in memory.
+    let stream = tokio_util::io::ReaderStream::with_capacity(file, 64 << 10);
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::CONTENT_LENGTH, len)
+        .header(HDR_ROUND, round)
+        .header(HDR_DIGEST, &digest)
+        .body(Body::from_stream(stream))
+        .map_err(ApiError::internal)
+}
+
+fn fl_error_to_api(e: FlError) -> ApiError {
+    let t = |tensor: &str, what: &str| format!("body.tensors.{tensor}{what}");
+    match &e {
+        FlError::TruncatedSafetensors { .. } => {
+            ApiError::bad("truncated_body", "body", e.to_string())
+        }
+        FlError::CorruptSafetensors { .. }
+        | FlError::InvalidTensor { .. }
+        | FlError::DuplicateTensor { .. } => ApiError::bad("corrupt_body", "body", e.to_string()),
+        FlError::MissingTensor { tensor, .. } => {
+            ApiError::bad("missing_tensor", t(tensor, ""), e.to_string())
+        }
+        FlError::UnexpectedTensor { tensor, .. } => {
+            ApiError::bad("unexpected_tensor", t(tensor, ""), e.to_string())
+        }
+        FlError::TensorOrderMismatch { .. } => {
+            ApiError::bad("tensor_order", "body.tensors", e.to_string())
+        }
+        FlError::ShapeMismatch { tensor, .. } => {
+            ApiError::bad("bad_shape", t(tensor, ".shape"), e.to_string())
+        }
+        FlError::DTypeMismatch { tensor, .. } => {
+            ApiError::bad("bad_dtype", t(tensor, ".dtype"), e.to_string())
+        }
+        FlError::NonFinite { tensor, .. } => {
+            ApiError::bad("non_finite", t(tensor, ".values"), e.to_string())
+        }
+        FlError::NormTooLarge { .. } => ApiError::bad("norm_too_large", "body", e.to_string()),
+        FlError::UpdateTooLarge { .. } => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            "body",
+            e.to_string(),
+        ),
+        FlError::StaleRound { .. } => {
+            ApiError::new(StatusCode::CONFLICT, "stale_round", "round", e.to_string())
+        }
+        FlError::FutureRound { .. } => {
+            ApiError::new(StatusCode::CONFLICT, "future_round", "round", e.to_string())
+        }
+        _ => ApiError::bad("invalid_update", "body", e.to_string()),
+    }
+}
+
+fn reject_to_api(r: &RejectReason) -> ApiError {
+    let msg = r.to_string();
+    match r {
+        RejectReason::UnknownClient => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "unknown_client",
+            "client_id",
+            format!("{msg}: register first"),
+        ),
+        RejectReason::StaleRound { .. } => {
+            ApiError::new(StatusCode::CONFLICT, "stale_round", "round", msg)
+        }
+        RejectReason::FutureRound { .. } => {
+            ApiError::new(StatusCode::CONFLICT, "future_round", "round", msg)
+        }
+        RejectReason::RoundClosed { .. } => {
+            ApiError::new(StatusCode::CONFLICT, "round_closed", "round", msg)
+        }
+        RejectReason::NotSelected => {
+            ApiError::new(StatusCode::FORBIDDEN, "not_selected", "client_id", msg)
+        }
+        RejectReason::Duplicate { .. } => {
+            ApiError::new(StatusCode::CONFLICT, "duplicate_update", "body", msg)
+        }
+        RejectReason::AlreadyFailed { .. } => {
+            ApiError::new(StatusCode::CONFLICT, "already_failed", "client_id", msg)
+        }
+        RejectReason::ZeroExamples => ApiError::bad("zero_examples", "num_examples", msg),
+        RejectReason::NonFiniteLoss => ApiError::bad("non_finite_loss", "loss", msg),
+    }
+}
+
+/// Removes a temporary file when dropped unless it was committed.
+struct TmpGuard(Option<PathBuf>);
+
+impl Drop for TmpGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+async fn upload(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Query(q): Query<BTreeMap<String, String>>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let r = upload_inner(&app, &headers, &q, body).await;
+    if let Err(e) = &r {
+        app.metrics
+            .inc("fl_updates_rejected_total", &[("reason", e.code)], 1);
+    }
+    r
+}
+
+async fn upload_inner(
+    app: &Arc<App>,
+    headers: &HeaderMap,
+    q: &BTreeMap<String, String>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let client: String = query_field(q, "client_id")?;
+    app.act_for(headers, "client_id", &client)?;
+    let round: u64 = query_field(q, "round")?;
+    let num_examples: u64 = query_field(q, "num_examples")?;
+    if num_examples == 0 {
+        return Err(ApiError::bad(
+            "zero_examples",
+            "num_examples",
+            "must be at least 1",
+        ));
+    }
+    let metrics: FlMetrics = match q.get("metrics") {
+        Some(m) => {
+            let v: FlMetrics = serde_json::from_str(m).map_err(|e| {
+                ApiError::bad(
+                    "invalid_field",
+                    "metrics",
+                    format!("not a JSON object of numbers: {e}"),
+                )
+            })?;
+            if let Some((k, _)) = v.iter().find(|(_, x)| !x.is_finite()) {
+                return Err(ApiError::bad(
+                    "non_finite",
+                    format!("metrics.{k}"),
+                    "metric is not finite",
+                ));
+            }
+            v
+        }
+        None => FlMetrics::new(),
+    };
+    let limit = app.max_update_bytes;
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        && len > limit
+    {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            "body",
+            format!("content-length {len} is over the limit of {limit} bytes"),
+        ));
+    }
+
+    // 1. Stream to tmp/, hashing, bounded; fsync.
+    let tmp = app.blobs.tmp_path();
+    let mut guard = TmpGuard(Some(tmp.clone()));
+    let mut file = tokio::fs::File::create(&tmp)
+        .await
+        .map_err(ApiError::internal)?;
+    let mut hasher = Sha256::new();
+    let mut size: u64 = 0;
+    let mut body = body;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            ApiError::bad(
+                "truncated_body",
+                "body",
+                format!("the body ended early after {size} bytes: {e}"),
+            )
+        })?;
+        if let Ok(d) = frame.into_data() {
+            size += d.len() as u64;
+            if size > limit {
+                return Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    "body",
+                    format!("over the limit of {limit} bytes"),
+                ));
+            }
+            hasher.update(&d);
+            file.write_all(&d).await.map_err(ApiError::internal)?;
+        }
+    }
+    file.sync_all().await.map_err(ApiError::internal)?;
+    drop(file);
+    let update_id = hex::encode(hasher.finalize());
+
+    // 2. Validate against the open round's global model (zero-copy over the mapped file).
+    let (cur_round, fit_open, global_digest) = {
+        let core = app.core.lock().await;
+        (
+            core.machine.round(),
+            matches!(core.machine.phase(), Phase::Fit { .. }),
+            core.machine.global_digest().to_owned(),
+        )
+    };
+    let umap = map_file(&tmp).map_err(ApiError::internal)?;
+    let view = ModelView::from_safetensors_labeled(&umap, &client).map_err(fl_error_to_api)?;
+    if round == cur_round && fit_open {
+        let gmap = map_file(&app.blobs.model_path(&global_digest)).map_err(ApiError::internal)?;
+        let global = ModelView::from_safetensors_labeled(&gmap, "global model")
+            .map_err(ApiError::internal)?;
+        let mut c = Collector::new(
+            "upload",
+            Limits {
+                max_update_bytes: Some(limit),
+                ..Limits::default()
+            },
+        );
+        c.begin(round, Some(global)).map_err(ApiError::internal)?;
+        c.fold(Update::new(client.clone(), round, view, num_examples))
+            .map_err(fl_error_to_api)?;
+    }
+    drop(umap);
+
+    // 3. Move into place under its content id, durably.
+    let dest = app.blobs.update_path(round, &client, &update_id);
+    tokio::task::block_in_place(|| commit(&tmp, &dest)).map_err(ApiError::internal)?;
+    guard.0 = None;
+
+    // 4. The machine decides; its state is committed before we answer.
+    let mut core = app.core.lock().await;
+    let actions = app
+        .feed(
+            &mut core,
+            Event::UpdateReceived {
+                client: ClientId(client.clone()),
+                round,
+                update_id: UpdateId(update_id.clone()),
+                num_examples,
+                metrics,
+            },
+        )
+        .await
+        .map_err(ApiError::internal)?;
+    for a in actions {
+        match a {
+            Action::AcceptUpdate {
+                client: c,
+                update_id: id,
+                replay,
+                ..
+            } if c.0 == client && id.0 == update_id => {
+                if replay {
+                    app.metrics.inc("fl_updates_replayed_total", &[], 1);
+                } else {
+                    app.metrics.inc("fl_updates_accepted_total", &[], 1);
+                    app.metrics.inc("fl_update_bytes_total", &[], size);
+                }
+                return Ok(axum::Json(UploadResponse {
+                    client_id: client,
+                    round,
+                    update_id,
+                    replay,
+                })
+                .into_response());
+            }
+            Action::RejectUpdate {
+                client: c,
+                update_id: id,
+                reason,
+                ..
+            } if c.0 == client && id.0 == update_id => {
+                // Not accepted: drop our copy (an accepted update never has this path, since
+                // an accepted one with the same id would have been a replay).
+                let _ = std::fs::remove_file(&dest);
+                return Err(reject_to_api(&reason));
+            }
+            _ => {}
+        }
+    }
+    Err(ApiError::internal(format!(
+        "the round machine neither accepted nor rejected update {update_id}"
+    )))
+}
+
+async fn evaluate(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    app.principal(&headers)?;
+    let req: EvaluateRequest = parse_json(&read_limited(body, MAX_JSON_BYTES).await?)?;
+    app.act_for(&headers, "client_id", &req.client_id)?;
+    if !req.loss.is_finite() {
+        return Err(ApiError::bad(
+            "non_finite_loss",
+            "loss",
+            "loss is not finite",
+        ));
+    }
+    let mut core = app.core.lock().await;
+    let actions = app
+        .feed(
+            &mut core,
+            Event::EvaluateReceived {
+                client: ClientId(req.client_id.clone()),
+                round: req.round,
+                num_examples: req.num_examples,
+                loss: req.loss,
+                metrics: req.metrics,
+            },
+        )
+        .await
+        .map_err(ApiError::internal)?;
+    for a in actions {
+        if let Action::RejectEvaluate { client, reason, .. } = a
+            && client.0 == req.client_id
+        {
+            return Err(reject_to_api(&reason));
+        }
+    }
+    Ok(axum::Json(
+        serde_json::json!({ "client_id": req.client_id, "round": req.round, "accepted": true }),
+    )
+    .into_response())
+}
+
+async fn rounds(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    app.principal(&headers)?;
+    let core = app.core.lock().await;
+    let m = &core.machine;
+    Ok(axum::Json(serde_json::json!({
+        "round": m.round(),
+        "phase": phase_name(m.phase()),
+        "finished": m.is_finished(),
+        "global_digest": m.global_digest(),
+        "initial_central": m.state().initial_central,
+        "current": m.current(),
+        "history": m.history(),
+    }))
+    .into_response())
+}
+
+async fn models(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    app.principal(&headers)?;
+    let rows = app.meta.list_models().await.map_err(ApiError::internal)?;
+    let core = app.core.lock().await;
+    let m = &core.machine;
+    let central = |digest: &str, round: u64| {
+        if round == 0 {
+            return m.state().initial_central.clone();
+        }
+        m.history()
+            .iter()
+            .find(|r| r.round == round && r.global_digest == digest)
+            .and_then(|r| r.central.clone())
+    };
+    let models = rows
+        .into_iter()
+        .map(|r| {
+            let c = central(&r.digest, r.round);
+            ModelInfo {
+                current: r.digest == m.global_digest(),
+                accuracy: c.as_ref().and_then(|c| c.metrics.get("accuracy").copied()),
+                loss: c.as_ref().map(|c| c.loss),
+                digest: r.digest,
+                round: r.round,
+                size_bytes: r.size_bytes,
+                created_ms: r.created_ms,
+            }
+        })
+        .collect();
+    Ok(axum::Json(ModelsResponse {
+        current_round: m.round(),
+        finished: m.is_finished(),
+        models,
+    })
+    .into_response())
+}
+
+async fn inference(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    app.principal(&headers)?;
+    let req: InferenceRequest = parse_json(&read_limited(body, MAX_JSON_BYTES).await?)?;
+    if req.inputs.is_empty() || req.inputs.len() > MAX_INFERENCE_ROWS {
+        return Err(ApiError::bad(
+            "invalid_field",
+            "inputs",
+            format!("needs 1..={MAX_INFERENCE_ROWS} rows"),
+        ));
+    }
+    let n = app.arch.inputs();
+    for (i, row) in req.inputs.iter().enumerate() {
+        if row.len() != n {
+            return Err(ApiError::bad(
+                "bad_shape",
+                format!("inputs[{i}]"),
+                format!("has {} values, the model takes {n}", row.len()),
+            ));
+        }
+        if let Some(j) = row.iter().position(|v| !v.is_finite()) {
+            return Err(ApiError::bad(
+                "non_finite",
+                format!("inputs[{i}][{j}]"),
+                "value is not finite",
+            ));
+        }
+    }
+    let (round, digest) = {
+        let core = app.core.lock().await;
+        (
+            core.machine.round(),
+            core.machine.global_digest().to_owned(),
+        )
+    };
+    let m = map_file(&app.blobs.model_path(&digest)).map_err(ApiError::internal)?;
+    let model =
+        ModelView::from_safetensors_labeled(&m, "global model").map_err(ApiError::internal)?;
+    let params = modelio::to_params(app.arch, &model).map_err(ApiError::internal)?;
+    let mut t = Trainer::new(app.arch);
+    let predictions = req
+        .inputs
+        .iter()
+        .map(|x| t.predict(&params, x))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(ApiError::internal)?;
+    Ok(axum::Json(InferenceResponse {
+        round,
+        model_digest: digest,
+        predictions,
+    })
+    .into_response())
+}

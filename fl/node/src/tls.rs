@@ -1,0 +1,118 @@
+//! TLS and mTLS with rustls and its `ring` provider (installed once per process).
+//!
+//! The coordinator serves TLS with `--tls-cert/--tls-key`; with `--tls-client-ca` every client
+//! must present a certificate that chains to that CA (mTLS) or the handshake fails. Which
+//! client id a connection may act for is still decided by its JWT or API key.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use axum::Router;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+
+/// Installs rustls' `ring` provider as the process default (idempotent).
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+fn certs(p: &Path) -> Result<Vec<CertificateDer<'static>>> {
+    let v = CertificateDer::pem_file_iter(p)
+        .with_context(|| format!("reading certificates {}", p.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("parsing certificates {}", p.display()))?;
+    if v.is_empty() {
+        bail!("{} holds no PEM certificate", p.display());
+    }
+    Ok(v)
+}
+
+fn key(p: &Path) -> Result<PrivateKeyDer<'static>> {
+    PrivateKeyDer::from_pem_file(p).with_context(|| format!("reading private key {}", p.display()))
+}
+
+fn roots(p: &Path) -> Result<RootCertStore> {
+    let mut r = RootCertStore::empty();
+    for c in certs(p)? {
+        r.add(c)
+            .with_context(|| format!("adding CA certificate from {}", p.display()))?;
+    }
+    Ok(r)
+}
+
+/// The server's TLS config from the coordinator's flags, or `None` for plain HTTP.
+pub fn server_config(args: &crate::coordinator::Args) -> Result<Option<Arc<ServerConfig>>> {
+    let (cert, key_path) = match (&args.tls_cert, &args.tls_key) {
+        (Some(c), Some(k)) => (c, k),
+        (None, None) => {
+            if args.tls_client_ca.is_some() {
+                bail!("--tls-client-ca needs --tls-cert and --tls-key");
+            }
+            return Ok(None);
+        }
+        _ => bail!("--tls-cert and --tls-key go together"),
+    };
+    let builder = ServerConfig::builder();
+    let builder = match &args.tls_client_ca {
+        Some(ca) => builder.with_client_cert_verifier(
+            WebPkiClientVerifier::builder(Arc::new(roots(ca)?))
+                .build()
+                .context("building the client verifier")?,
+        ),
+        None => builder.with_no_client_auth(),
+    };
+    let mut cfg = builder
+        .with_single_cert(certs(cert)?, key(key_path)?)
+        .context("server certificate and key")?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Some(Arc::new(cfg)))
+}
+
+/// A client TLS config trusting `ca`, presenting `cert`/`key` when given (mTLS).
+pub fn client_config(ca: &Path, cert_key: Option<(&Path, &Path)>) -> Result<ClientConfig> {
+    let b = ClientConfig::builder().with_root_certificates(roots(ca)?);
+    Ok(match cert_key {
+        Some((c, k)) => b
+            .with_client_auth_cert(certs(c)?, key(k)?)
+            .context("client certificate and key")?,
+        None => b.with_no_client_auth(),
+    })
+}
+
+/// Serves `router` over TLS, one task per connection (handshakes do not block each other).
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    cfg: Arc<ServerConfig>,
+    router: Router,
+) -> Result<()> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+    let shutdown = crate::coordinator::shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (tcp, peer) = match accepted {
+                    Ok(x) => x,
+                    Err(e) => { tracing::warn!("accept: {e}"); continue; }
+                };
+                let acceptor = acceptor.clone();
+                let svc = hyper_util::service::TowerToHyperService::new(router.clone());
+                tokio::spawn(async move {
+                    match acceptor.accept(tcp).await {
+                        Ok(tls) => {
+                            let io = hyper_util::rt::TokioIo::new(tls);
+                            if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await {
+                                tracing::debug!(%peer, "connection: {e}");
+                            }
+                        }
+                        Err(e) => tracing::info!(%peer, "tls handshake refused: {e}"),
+                    }
+                });
+            }
+            _ = &mut shutdown => return Ok(()),
+        }
+    }
+}
