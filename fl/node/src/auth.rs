@@ -275,6 +275,43 @@ pub fn sign_jwt(secret: &[u8], sub: &str, audience: &str, exp_s: u64, admin: boo
     format!("{header}.{payload}.{sig}")
 }
 
+/// `fl token --secret-file F --sub ID [--audience A] [--ttl-s N] [--admin]`: prints a token.
+pub fn run_token(args: Vec<String>) -> Result<()> {
+    #[derive(clap::Parser)]
+    #[command(name = "fl token", about = "mint an HS256 JWT")]
+    struct A {
+        #[arg(long)]
+        secret_file: std::path::PathBuf,
+        #[arg(long)]
+        sub: String,
+        #[arg(long, default_value = "fl-coordinator")]
+        audience: String,
+        #[arg(long, default_value_t = 3600)]
+        ttl_s: u64,
+        #[arg(long)]
+        admin: bool,
+    }
+    let a =
+        <A as clap::Parser>::try_parse_from(std::iter::once("fl token".to_owned()).chain(args))?;
+    let secret = std::fs::read(&a.secret_file)
+        .with_context(|| format!("reading {}", a.secret_file.display()))?;
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    println!(
+        "{}",
+        sign_jwt(
+            secret.trim_ascii(),
+            &a.sub,
+            &a.audience,
+            now_s + a.ttl_s,
+            a.admin
+        )
+    );
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -347,41 +384,4 @@ mod tests {
         };
         assert!(e.to_string().contains("line 1"), "{e}");
     }
-}
-
-/// `fl token --secret-file F --sub ID [--audience A] [--ttl-s N] [--admin]`: prints a token.
-pub fn run_token(args: Vec<String>) -> Result<()> {
-    #[derive(clap::Parser)]
-    #[command(name = "fl token", about = "mint an HS256 JWT")]
-    struct A {
-        #[arg(long)]
-        secret_file: std::path::PathBuf,
-        #[arg(long)]
-        sub: String,
-        #[arg(long, default_value = "fl-coordinator")]
-        audience: String,
-        #[arg(long, default_value_t = 3600)]
-        ttl_s: u64,
-        #[arg(long)]
-        admin: bool,
-    }
-    let a =
-        <A as clap::Parser>::try_parse_from(std::iter::once("fl token".to_owned()).chain(args))?;
-    let secret = std::fs::read(&a.secret_file)
-        .with_context(|| format!("reading {}", a.secret_file.display()))?;
-    let now_s = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    println!(
-        "{}",
-        sign_jwt(
-            secret.trim_ascii(),
-            &a.sub,
-            &a.audience,
-            now_s + a.ttl_s,
-            a.admin
-        )
-    );
-    Ok(())
 }

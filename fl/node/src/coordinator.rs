@@ -807,6 +807,7 @@ async fn task(
     headers: HeaderMap,
     Query(q): Query<BTreeMap<String, String>>,
 ) -> Result<Response, ApiError> {
+    app.principal(&headers)?;
     let client: String = query_field(&q, "client_id")?;
     app.act_for(&headers, "client_id", &client)?;
     let core = app.core.lock().await;
@@ -971,6 +972,8 @@ async fn upload_inner(
     q: &BTreeMap<String, String>,
     body: Body,
 ) -> Result<Response, ApiError> {
+    // Authentication first: an anonymous request learns nothing about its fields.
+    app.principal(headers)?;
     let client: String = query_field(q, "client_id")?;
     app.act_for(headers, "client_id", &client)?;
     let round: u64 = query_field(q, "round")?;

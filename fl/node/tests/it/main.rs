@@ -1,0 +1,3 @@
+//! fl-node's one integration-test binary; each module is one area.
+
+mod node;
