@@ -1,8 +1,8 @@
 //! `fl export-round --data-dir DIR --round N --to OUT`: writes a stored round in `fl aggregate`'s
 //! input format, so the audit path recomputes it from what the coordinator stored.
 //!
-//! `OUT/` receives one `<client-id>.safetensors` per accepted update (with `num_examples`, and
-//! the client's metrics as `metrics` JSON, in the safetensors metadata), and `round.json`
+//! `OUT/` receives one `<client-id>.safetensors` per accepted update (with `num_examples`,
+//! `round` and each client metric in the safetensors metadata), and `round.json`
 //! with the round, strategy, parameters, DP seed and digests; the global model the round
 //! started from is `OUT/global/base.safetensors`, the strategy state (if any) before the round
 //! `OUT/global/strategy-state.safetensors`.
@@ -83,8 +83,9 @@ pub fn run(args: Vec<String>) -> Result<()> {
         let m = map_file(&src)?;
         let mut model = ModelView::from_safetensors_labeled(&m, &client.0)?;
         model.set_metadata("num_examples", u.num_examples.to_string());
-        if !u.metrics.is_empty() {
-            model.set_metadata("metrics", serde_json::to_string(&u.metrics)?);
+        model.set_metadata("round", a.round.to_string());
+        for (k, v) in &u.metrics {
+            model.set_metadata(k.clone(), v.to_string());
         }
         let out = a.to.join(format!("{}.safetensors", client.0));
         std::fs::write(&out, model.to_safetensors())

@@ -53,7 +53,7 @@ fn install_crypto_provider() {
     });
 }
 
-fn fl() -> Command {
+pub(crate) fn fl() -> Command {
     Command::new(env!("CARGO_BIN_EXE_fl"))
 }
 
@@ -86,8 +86,8 @@ fn spawn(dir: &Path, name: &str, args: &[String]) -> Proc {
     }
 }
 
-struct Cluster {
-    dir: tempfile::TempDir,
+pub(crate) struct Cluster {
+    pub(crate) dir: tempfile::TempDir,
     port: u16,
     coord_args: Vec<String>,
     coord: Option<Proc>,
@@ -97,7 +97,7 @@ struct Cluster {
 
 impl Cluster {
     /// A coordinator with API keys `key-<client>` for `clients` and `admin-key`.
-    fn new(clients: &[&str], extra: &[&str]) -> Self {
+    pub(crate) fn new(clients: &[&str], extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut keys = format!("{ADMIN_KEY} admin\n");
         for c in clients {
@@ -163,13 +163,13 @@ impl Cluster {
         }
     }
 
-    fn sigkill_coordinator(&mut self) {
+    pub(crate) fn sigkill_coordinator(&mut self) {
         if let Some(mut p) = self.coord.take() {
             p.kill(); // Child::kill is SIGKILL on Unix.
         }
     }
 
-    fn worker(&mut self, client: &str, index: usize, of: usize, extra: &[&str]) {
+    pub(crate) fn worker(&mut self, client: &str, index: usize, of: usize, extra: &[&str]) {
         let mut args: Vec<String> = vec![
             "worker".into(),
             "--coordinator".into(),
@@ -214,7 +214,12 @@ impl Cluster {
         r.json().unwrap()
     }
 
-    fn wait_for(&self, what: &str, timeout: Duration, mut f: impl FnMut(&Value) -> bool) -> Value {
+    pub(crate) fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut f: impl FnMut(&Value) -> bool,
+    ) -> Value {
         let t0 = Instant::now();
         loop {
             if let Ok(r) = self
@@ -881,4 +886,148 @@ fn the_openapi_document_matches_the_server() {
     assert_eq!(r.status(), 404);
     assert_eq!(r.json::<Value>().unwrap()["error"]["code"], "not_found");
     c.sigkill_coordinator();
+}
+
+#[test]
+fn mtls_refuses_workers_without_a_certificate_and_serves_those_with_one() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::from_params(&ca_params, &ca_key);
+    let write = |name: &str, text: String| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    let ca_pem = write("ca.pem", ca.pem());
+    let srv_key = KeyPair::generate().unwrap();
+    let srv = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&srv_key, &issuer)
+        .unwrap();
+    let cli_key = KeyPair::generate().unwrap();
+    let cli = CertificateParams::new(vec!["worker-0".to_owned()])
+        .unwrap()
+        .signed_by(&cli_key, &issuer)
+        .unwrap();
+    let (srv_pem, srv_key_pem) = (
+        write("srv.pem", srv.pem()),
+        write("srv.key", srv_key.serialize_pem()),
+    );
+    let (cli_pem, cli_key_pem) = (
+        write("cli.pem", cli.pem()),
+        write("cli.key", cli_key.serialize_pem()),
+    );
+
+    let port = free_port();
+    let _coord = spawn(
+        dir.path(),
+        "coordinator",
+        &[
+            "coordinator",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+            &dir.path().join("data").display().to_string(),
+            "--no-auth",
+            "--rounds",
+            "2",
+            "--min-fit-clients",
+            "2",
+            "--min-available-clients",
+            "2",
+            "--tls-cert",
+            &srv_pem,
+            "--tls-key",
+            &srv_key_pem,
+            "--tls-client-ca",
+            &ca_pem,
+        ]
+        .map(String::from),
+    );
+    let ca_cert = reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap();
+    let identity =
+        reqwest::Identity::from_pem(format!("{}{}", cli.pem(), cli_key.serialize_pem()).as_bytes())
+            .unwrap();
+    let with_cert = reqwest::blocking::Client::builder()
+        .tls_certs_only([ca_cert.clone()])
+        .identity(identity)
+        .build()
+        .unwrap();
+    let without = reqwest::blocking::Client::builder()
+        .tls_certs_only([ca_cert])
+        .build()
+        .unwrap();
+    let url = format!("https://127.0.0.1:{port}");
+    let t0 = Instant::now();
+    while with_cert
+        .get(format!("{url}/readyz"))
+        .send()
+        .map(|r| r.status() != 200)
+        .unwrap_or(true)
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "tls coordinator not ready"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        without.get(format!("{url}/readyz")).send().is_err(),
+        "a client without a certificate got through"
+    );
+    assert!(
+        reqwest::blocking::get(format!("http://127.0.0.1:{port}/readyz"))
+            .map(|r| r.status() != 200)
+            .unwrap_or(true)
+    );
+    let mut workers = Vec::new();
+    for i in 0..2 {
+        workers.push(spawn(
+            dir.path(),
+            &format!("w{i}"),
+            &[
+                "worker",
+                "--coordinator",
+                &url,
+                "--dataset",
+                &format!("digits={}", digits().display()),
+                "--num-clients",
+                "2",
+                "--client-index",
+                &i.to_string(),
+                "--ca-cert",
+                &ca_pem,
+                "--client-cert",
+                &cli_pem,
+                "--client-key",
+                &cli_key_pem,
+                "--poll-ms",
+                "50",
+                "--timeout-s",
+                "60",
+            ]
+            .map(String::from),
+        ));
+    }
+    for w in &mut workers {
+        let s = w.child.wait().unwrap();
+        assert!(
+            s.success(),
+            "{} failed over mTLS:\n{}",
+            w.name,
+            w.log_tail()
+        );
+    }
+    let v: Value = with_cert
+        .get(format!("{url}/api/v1/fl/rounds"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(v["finished"], true, "{v}");
 }
