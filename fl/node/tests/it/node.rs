@@ -1031,3 +1031,51 @@ fn mtls_refuses_workers_without_a_certificate_and_serves_those_with_one() {
         .unwrap();
     assert_eq!(v["finished"], true, "{v}");
 }
+
+#[test]
+fn dropout_and_byzantine_workers_fail_their_slots_and_rounds_still_close_by_timeout() {
+    let clients = ["a", "b", "c"];
+    let mut c = Cluster::new(
+        &clients,
+        &[
+            "--rounds",
+            "2",
+            "--min-fit-clients",
+            "3",
+            "--min-available-clients",
+            "3",
+            "--round-timeout-ms",
+            "2000",
+        ],
+    );
+    c.worker("a", 0, 3, &[]);
+    c.worker("b", 1, 3, &["--byzantine", "nan"]);
+    c.worker("c", 2, 3, &["--dropout-round", "2"]);
+    let v = c.wait_for("2 rounds", Duration::from_secs(60), |v| {
+        v["finished"] == true
+    });
+    let keys = |r: &Value, what: &str| -> Vec<String> {
+        r[what].as_object().unwrap().keys().cloned().collect()
+    };
+    let (r1, r2) = (&v["history"][0], &v["history"][1]);
+    assert_eq!(
+        keys(r1, "accepted"),
+        ["a", "c"],
+        "the NaN update is refused: {r1}"
+    );
+    assert_eq!(keys(r1, "failures"), ["b"], "{r1}");
+    assert_eq!(r1["failures"]["b"], "Timeout");
+    assert_eq!(keys(r2, "accepted"), ["a"], "{r2}");
+    assert_eq!(keys(r2, "failures"), ["b", "c"], "{r2}");
+    assert!(
+        r2["fit"]["Aggregated"].is_object(),
+        "accept_failures aggregates what arrived: {r2}"
+    );
+    let status = c.workers[2].child.wait().unwrap();
+    assert_eq!(status.code(), Some(3), "the dropout worker exits with 3");
+    let m = c.metrics();
+    assert!(
+        metric(&m, "fl_updates_rejected_total{reason=\"non_finite\"}") >= 2.0,
+        "{m}"
+    );
+}
