@@ -302,3 +302,63 @@ fn version_outside_the_window_is_said() {
         "{report}"
     );
 }
+
+#[test]
+fn k3s_application_sets_expand_to_one_app_per_element_and_directory() {
+    let repo =
+        simulator::gitops::loader::read_repo(&fixtures().join("gitops/k3s")).expect("read k3s");
+    let tree = simulator::gitops::tree::Tree::build(&repo);
+    assert!(tree.findings.is_empty(), "{:?}", tree.findings);
+    let mut names: Vec<&str> = tree.units.iter().map(|u| u.name.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            "applicationsets",
+            "jupyterhub",
+            "localstack",
+            "longhorn",
+            "metallb",
+            "minio",
+            "mlflow",
+            "monitoring-grafana",
+            "monitoring-loki",
+            "monitoring-prometheus",
+            "platform",
+            "postgresql",
+            "redis",
+            "registry",
+            "root-app",
+            "traefik"
+        ]
+    );
+    let jupyter = &tree.units[tree.find("jupyterhub").expect("jupyterhub")];
+    assert_eq!(jupyter.namespace, "jupyter");
+    assert_eq!(jupyter.path.as_deref(), Some("apps/ml-platform/jupyterhub"));
+    // platform (wave -1) precedes the ApplicationSets' apps (wave 0 of root-app).
+    let platform = &tree.units[tree.find("platform").expect("platform")];
+    assert!(platform.order_key(&tree.units) < jupyter.order_key(&tree.units));
+}
+
+#[test]
+fn mlworkbench_tree_has_root_foundation_and_platform_apps() {
+    let repo =
+        simulator::gitops::loader::read_repo(&fixtures().join("gitops/mlworkbench")).expect("read");
+    let tree = simulator::gitops::tree::Tree::build(&repo);
+    assert!(tree.findings.is_empty(), "{:?}", tree.findings);
+    assert_eq!(tree.units.len(), 19);
+    let objects: usize = tree.units.iter().map(|u| u.objects.len()).sum();
+    assert!(objects >= 70, "{objects} objects");
+    let parent_of = |n: &str| {
+        tree.units[tree.find(n).expect(n)]
+            .parent
+            .map(|p| tree.units[p].name.as_str())
+    };
+    assert_eq!(parent_of("foundation-app"), Some("root-app"));
+    assert_eq!(parent_of("cert-manager"), Some("foundation-app"));
+    assert_eq!(parent_of("fl-workers"), Some("platform-app"));
+    assert_eq!(
+        tree.units[tree.find("fl-workers").expect("fl-workers")].wave,
+        3
+    );
+}
