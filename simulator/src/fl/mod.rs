@@ -224,7 +224,6 @@ pub struct FlModel {
     cfg: FlConfig,
     arch: Architecture,
     trainer: Trainer,
-    rng: ChaCha8Rng,
     clients: Vec<Client>,
     by_id: BTreeMap<ClientId, usize>,
     test: Dataset,
@@ -324,7 +323,6 @@ impl FlModel {
         Ok(Self {
             arch,
             trainer: Trainer::new(arch),
-            rng,
             clients,
             by_id,
             test,
@@ -575,12 +573,28 @@ impl FlModel {
         let mut problem = None;
         for u in updates {
             match self.store.get(&u.update_id) {
-                Some((r, c, params, n)) if *r == round && *c == u.client && *n == u.num_examples => {
-                    models.push((u.client.0.clone(), arch.to_model(params).expect("layout"), *n));
+                Some((r, c, params, n))
+                    if *r == round && *c == u.client && *n == u.num_examples =>
+                {
+                    models.push((
+                        u.client.0.clone(),
+                        arch.to_model(params).expect("layout"),
+                        *n,
+                    ));
                     flat.push((params.as_slice(), *n));
                 }
-                Some(_) => problem = Some(format!("round {round}: stored update {} does not match", u.update_id)),
-                None => problem = Some(format!("round {round}: accepted update {} is not in the store", u.update_id)),
+                Some(_) => {
+                    problem = Some(format!(
+                        "round {round}: stored update {} does not match",
+                        u.update_id
+                    ))
+                }
+                None => {
+                    problem = Some(format!(
+                        "round {round}: accepted update {} is not in the store",
+                        u.update_id
+                    ))
+                }
             }
             if problem.is_some() {
                 break;
@@ -884,6 +898,9 @@ impl Model for FlModel {
         match event {
             TraceEvent::NodePowerOff { node } => self.node_down(world, node),
             TraceEvent::NodeReady { node } => self.node_ready(world, node),
+            // After a restart the node may never leave Ready in the control plane's eyes (its
+            // own node controller died with it): its pods come back when it has booted.
+            TraceEvent::NodeBooted { node } if self.started => self.node_ready(world, node),
             _ => {}
         }
     }
