@@ -71,6 +71,7 @@ pub mod cluster;
 pub mod engine;
 pub mod etcd;
 pub mod fault;
+pub mod fl;
 pub mod gitops;
 pub mod invariants;
 pub mod net;
