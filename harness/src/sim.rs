@@ -1,0 +1,865 @@
+//! The `sim` backend: the embedded deterministic simulator, on virtual time.
+//!
+//! Time here is virtual: the simulator counts microseconds, the harness milliseconds. The
+//! simulator's `Sim` is not `Send`, so a session lives and dies on the worker thread that
+//! started it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use simulator::cluster::PodPhase as SimPodPhase;
+use simulator::timings::{MS, SEC};
+use simulator::topology::{Datastore, VolumeSpec, WorkloadKind as SimKind, WorkloadSpec};
+use simulator::{Sim, SimOptions, Stop, Topology, TraceEvent, World};
+
+use crate::backend::{
+    Advance, Backend, Capabilities, Check, Observations, Probe, Session, StopCheck,
+};
+use crate::load::Case;
+use crate::outcome::{Marker, Timeline, Track};
+use crate::scenario::{
+    Action, Assertion, ClusterState, Collect, Fault, NodeCondition, PodPhase, Process, Step,
+    Trigger, Wait, WorkloadKind,
+};
+
+/// Events the simulator may process per slice before the session checks the wall clock and
+/// Ctrl-C (a slice takes well under 100 ms of CPU).
+const EVENTS_PER_SLICE: u64 = 200_000;
+/// Virtual time per slice, for the same reason when events are sparse.
+const VIRTUAL_US_PER_SLICE: u64 = 10 * 60 * SEC;
+/// Most slices one advance may take: 30 days of virtual time / 10 min, with headroom for
+/// event-budget slices. Bounds every loop.
+const MAX_SLICES: u64 = 50_000;
+
+/// The embedded simulator.
+pub struct SimBackend {
+    topologies: PathBuf,
+}
+
+impl SimBackend {
+    pub fn new(workspace_root: &Path) -> Self {
+        Self {
+            topologies: workspace_root.join("fixtures/topologies"),
+        }
+    }
+
+    /// What the simulator can do today. FL rounds and GitOps controllers are separate models
+    /// of the simulator; their kinds are listed here once those models are wired in.
+    pub fn caps() -> Capabilities {
+        let set = |v: &[&'static str]| v.iter().copied().collect::<BTreeSet<_>>();
+        Capabilities {
+            faults: set(&[
+                "kill_node",
+                "restore_node",
+                "kill_process",
+                "restore_process",
+                "partition",
+                "heal_partition",
+                "link",
+                "etcd_member_loss",
+                "disk_full",
+                "clock_skew",
+            ]),
+            assertions: set(&[
+                "etcd.quorum",
+                "node.condition",
+                "pod.phase",
+                "workload.ready",
+                "quota.exceeded",
+                "invariants.hold",
+            ]),
+            waits: set(&["duration", "cluster", "node", "pod", "workload"]),
+            triggers: set(&["time", "after"]),
+            workloads: set(&["k8s"]),
+            virtual_time: true,
+            missing_reason: "the simulator's FL-round and GitOps models are not wired into the harness yet",
+        }
+    }
+}
+
+impl Backend for SimBackend {
+    fn name(&self) -> &'static str {
+        "sim"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Self::caps()
+    }
+
+    fn start(&self, case: &Case) -> Result<Box<dyn Session>, String> {
+        let path = self.topologies.join(format!("{}.yaml", case.topology));
+        let mut topo = Topology::load(&path)
+            .map_err(|e| format!("failed to load topology {}: {e}", path.display()))?;
+        for w in &case.scenario.workload.k8s {
+            let spec = to_workload_spec(w, &mut topo)?;
+            topo.workloads.push(spec);
+        }
+        let sim = Sim::new(topo, case.seed, SimOptions::default());
+        Ok(Box::new(SimSession {
+            sim,
+            fl_started: false,
+            last_step_end_us: 0,
+            markers: Vec::new(),
+        }))
+    }
+}
+
+/// Hostname label pinned workloads select on (set on every node of the case's topology copy).
+const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
+
+fn to_workload_spec(
+    w: &crate::scenario::K8sWorkload,
+    topo: &mut Topology,
+) -> Result<WorkloadSpec, String> {
+    let kind = match w.kind {
+        WorkloadKind::Deployment => SimKind::Deployment,
+        WorkloadKind::StatefulSet => SimKind::StatefulSet,
+    };
+    let mut node_selector = BTreeMap::new();
+    if let Some(node) = &w.node {
+        let Some(n) = topo.nodes.iter_mut().find(|n| &n.name == node) else {
+            let names: Vec<&str> = topo.nodes.iter().map(|n| n.name.as_str()).collect();
+            return Err(format!(
+                "workload {}/{} pins node `{node}`, which topology {} does not have (nodes: {})",
+                w.namespace,
+                w.name,
+                topo.name,
+                names.join(", ")
+            ));
+        };
+        n.labels.insert(HOSTNAME_LABEL.to_string(), n.name.clone());
+        node_selector.insert(HOSTNAME_LABEL.to_string(), node.clone());
+    }
+    let volumes = match &w.storage_class {
+        Some(class) => vec![VolumeSpec {
+            name: "data".to_string(),
+            size: simulator::topology::Bytes(1 << 30),
+            storage_class: Some(class.clone()),
+        }],
+        None => Vec::new(),
+    };
+    if !topo.namespaces.iter().any(|n| n.name == w.namespace) && w.namespace != "default" {
+        topo.namespaces.push(simulator::topology::NamespaceSpec {
+            name: w.namespace.clone(),
+            quota: None,
+        });
+    }
+    Ok(WorkloadSpec {
+        kind,
+        name: w.name.clone(),
+        namespace: w.namespace.clone(),
+        replicas: w.replicas,
+        cpu: simulator::topology::Cpu(w.cpu_millis.unwrap_or(100)),
+        memory: simulator::topology::Bytes(w.memory_mib.unwrap_or(128) << 20),
+        priority_class: w.priority_class.clone(),
+        volumes,
+        tolerations: Vec::new(),
+        node_selector,
+        service: true,
+        source: Some("scenario workload.k8s".to_string()),
+    })
+}
+
+struct SimSession {
+    sim: Sim,
+    fl_started: bool,
+    /// Virtual µs when the previous step ended (for `at: {after: ...}`).
+    last_step_end_us: u64,
+    markers: Vec<Marker>,
+}
+
+fn us_to_ms(us: u64) -> u64 {
+    us / MS
+}
+
+fn ms_to_us(ms: u64) -> u64 {
+    ms.saturating_mul(MS)
+}
+
+impl SimSession {
+    fn world(&self) -> &World {
+        self.sim.world()
+    }
+
+    fn node_names(&self) -> Vec<String> {
+        self.world()
+            .nodes()
+            .iter()
+            .map(|n| n.name.clone())
+            .collect()
+    }
+
+    fn known_node(&self, name: &str) -> Result<(), String> {
+        if self.world().node(name).is_some() {
+            return Ok(());
+        }
+        let names = self.node_names();
+        let hint = crate::load::did_you_mean(name, &names)
+            .map(|b| format!(", did you mean `{b}`?"))
+            .unwrap_or_default();
+        Err(format!(
+            "unknown node `{name}`{hint} (topology {} has: {})",
+            self.world().topology().name,
+            names.join(", ")
+        ))
+    }
+
+    fn known_group_members(&self, names: &[String]) -> Result<(), String> {
+        let groups: BTreeSet<&str> = self
+            .world()
+            .nodes()
+            .iter()
+            .map(|n| n.group.as_str())
+            .collect();
+        for n in names {
+            if !groups.contains(n.as_str()) {
+                self.known_node(n)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn node_state(w: &World, name: &str) -> String {
+        match w.node(name) {
+            None => "absent".to_string(),
+            Some(n) if !n.powered => "powered off (NotReady)".to_string(),
+            Some(n) if !n.exists => "deleted".to_string(),
+            Some(n) if n.ready => "Ready".to_string(),
+            Some(n) if !n.kubelet => "NotReady (kubelet stopped)".to_string(),
+            Some(_) => "NotReady".to_string(),
+        }
+    }
+
+    fn node_holds(w: &World, name: &str, c: NodeCondition) -> bool {
+        match (w.node(name), c) {
+            (Some(n), NodeCondition::Ready) => n.ready,
+            (Some(n), NodeCondition::NotReady) => !n.ready,
+            // Kubernetes shows Ready=Unknown when the kubelet stopped posting status.
+            (Some(n), NodeCondition::Unknown) => !n.ready && (!n.powered || !n.kubelet),
+            (None, _) => false,
+        }
+    }
+
+    fn pod_state(w: &World, key: &str) -> (Option<PodPhase>, Option<String>, String) {
+        let (ns, name) = split_key(key);
+        match w.pod(ns, name) {
+            None => (None, None, format!("pod {key} does not exist")),
+            Some(p) => {
+                let phase = match p.phase {
+                    SimPodPhase::Pending => PodPhase::Pending,
+                    SimPodPhase::Running => PodPhase::Running,
+                };
+                let node = w.pod_node(p).map(str::to_string);
+                let mut d = format!("pod {key} is {phase:?}");
+                if let Some(n) = &node {
+                    d.push_str(&format!(" on {n}"));
+                }
+                if let Some(r) = &p.unschedulable {
+                    d.push_str(&format!(" (unschedulable: {r})"));
+                }
+                if let Some((_, why)) = &p.deleting {
+                    d.push_str(&format!(" (terminating: {why})"));
+                }
+                (Some(phase), node, d)
+            }
+        }
+    }
+
+    fn workload_of<'w>(w: &'w World, key: &str) -> Option<&'w simulator::cluster::Workload> {
+        let (ns, name) = split_key(key);
+        [
+            SimKind::Deployment,
+            SimKind::StatefulSet,
+            SimKind::DaemonSet,
+        ]
+        .into_iter()
+        .find_map(|k| w.workload(k, ns, name))
+    }
+
+    fn wait_holds(w: &World, wait: &Wait) -> bool {
+        if let Some(ClusterState::Ready) = wait.cluster {
+            return w.cluster_ready();
+        }
+        if let Some(node) = &wait.node {
+            return Self::node_holds(w, node, wait.condition.unwrap_or(NodeCondition::Ready));
+        }
+        if let Some(pod) = &wait.pod {
+            return Self::pod_state(w, pod).0 == Some(wait.phase.unwrap_or(PodPhase::Running));
+        }
+        if let Some(wl) = &wait.workload {
+            return Self::workload_of(w, wl)
+                .is_some_and(|x| x.desired > 0 && x.ready_replicas >= x.desired);
+        }
+        false
+    }
+
+    fn wait_state(w: &World, wait: &Wait) -> String {
+        if wait.cluster.is_some() {
+            let not_ready: Vec<&str> = w
+                .nodes()
+                .iter()
+                .filter(|n| !n.ready)
+                .map(|n| n.name.as_str())
+                .collect();
+            let wl: Vec<String> = w
+                .workloads()
+                .filter(|x| x.ready_replicas < x.desired)
+                .map(|x| {
+                    format!(
+                        "{}/{} {}/{}",
+                        x.spec.namespace, x.spec.name, x.ready_replicas, x.desired
+                    )
+                })
+                .take(5)
+                .collect();
+            return format!(
+                "api {}, nodes not Ready: [{}], workloads not ready: [{}]",
+                if w.api_available() { "up" } else { "down" },
+                not_ready.join(", "),
+                wl.join(", ")
+            );
+        }
+        if let Some(node) = &wait.node {
+            return format!("node {node} is {}", Self::node_state(w, node));
+        }
+        if let Some(pod) = &wait.pod {
+            return Self::pod_state(w, pod).2;
+        }
+        if let Some(wl) = &wait.workload {
+            return match Self::workload_of(w, wl) {
+                None => format!("workload {wl} does not exist"),
+                Some(x) => format!(
+                    "workload {wl} has {}/{} replicas ready",
+                    x.ready_replicas, x.desired
+                ),
+            };
+        }
+        String::new()
+    }
+
+    fn check_now(&self, a: &Assertion) -> Check {
+        let w = self.world();
+        match a {
+            Assertion::EtcdQuorum(want) => {
+                let st = w.etcd_status();
+                let running = st.members.iter().filter(|m| m.running && !m.lost).count();
+                let d = format!(
+                    "etcd quorum {} (leader {}, {running}/{} members running, term {})",
+                    if st.quorum { "held" } else { "lost" },
+                    st.leader.as_deref().unwrap_or("none"),
+                    st.members.len(),
+                    st.term
+                );
+                if st.quorum == *want {
+                    Check::Pass(d)
+                } else {
+                    Check::Fail(d)
+                }
+            }
+            Assertion::NodeCondition {
+                node, condition, ..
+            } => {
+                if let Err(e) = self.known_node(node) {
+                    return Check::Fail(e);
+                }
+                let d = format!("node {node} is {}", Self::node_state(w, node));
+                if Self::node_holds(w, node, *condition) {
+                    Check::Pass(d)
+                } else {
+                    Check::Fail(d)
+                }
+            }
+            Assertion::PodPhase {
+                pod, phase, node, ..
+            } => {
+                let (p, on, d) = Self::pod_state(w, pod);
+                let ok = p == Some(*phase) && node.as_ref().is_none_or(|n| on.as_ref() == Some(n));
+                if ok { Check::Pass(d) } else { Check::Fail(d) }
+            }
+            Assertion::WorkloadReady {
+                workload,
+                at_least,
+                at_most,
+            } => match Self::workload_of(w, workload) {
+                None => Check::Fail(format!("workload {workload} does not exist")),
+                Some(x) => {
+                    let r = x.ready_replicas;
+                    let d = format!("workload {workload} has {r}/{} replicas ready", x.desired);
+                    let ok = at_least.is_none_or(|m| r >= m) && at_most.is_none_or(|m| r <= m);
+                    if ok { Check::Pass(d) } else { Check::Fail(d) }
+                }
+            },
+            Assertion::QuotaExceeded {
+                namespace,
+                at_least,
+            } => {
+                let prefix = format!("{namespace}/");
+                let refused: Vec<(String, String)> = w
+                    .quota_errors()
+                    .into_iter()
+                    .filter(|(k, _)| k.starts_with(&prefix))
+                    .collect();
+                let n = refused.len() as u32;
+                let d = if refused.is_empty() {
+                    format!("no workload of namespace {namespace} was refused by its quota")
+                } else {
+                    let list: Vec<String> =
+                        refused.iter().map(|(k, m)| format!("{k}: {m}")).collect();
+                    format!("{n} workload(s) refused by the quota: {}", list.join("; "))
+                };
+                if n >= *at_least {
+                    Check::Pass(d)
+                } else {
+                    Check::Fail(d)
+                }
+            }
+            Assertion::InvariantsHold(want) => match self.sim.violation() {
+                None if *want => Check::Pass("no invariant violated".into()),
+                None => Check::Fail("no invariant violated".into()),
+                Some(v) if !*want => Check::Pass(v.to_string()),
+                Some(v) => Check::Fail(v.to_string()),
+            },
+            other => Check::Skip(format!(
+                "the `sim` backend cannot check `{}` yet",
+                other.kind()
+            )),
+        }
+    }
+
+    fn to_sim_fault(&self, f: &Fault) -> Result<simulator::Fault, String> {
+        use simulator::Fault as F;
+        use simulator::Process as P;
+        let node = |n: &String| -> Result<String, String> {
+            self.known_node(n)?;
+            Ok(n.clone())
+        };
+        Ok(match f {
+            Fault::KillNode(n) => F::KillNode { node: node(n)? },
+            Fault::RestoreNode(n) => F::RestoreNode { node: node(n)? },
+            Fault::KillProcess { node: n, process }
+            | Fault::RestoreProcess { node: n, process } => {
+                let p = match process {
+                    Process::Etcd => P::Etcd,
+                    Process::Kubelet => P::Kubelet,
+                    Process::KubeApiserver => P::Apiserver,
+                    other => {
+                        return Err(format!(
+                            "the simulator models no `{}` process",
+                            crate::scenario::to_flow(other)
+                        ));
+                    }
+                };
+                if matches!(f, Fault::KillProcess { .. }) {
+                    F::KillProcess {
+                        node: node(n)?,
+                        process: p,
+                    }
+                } else {
+                    F::RestoreProcess {
+                        node: node(n)?,
+                        process: p,
+                    }
+                }
+            }
+            Fault::Partition { a, b } => {
+                self.known_group_members(a)?;
+                self.known_group_members(b)?;
+                F::Partition {
+                    a: a.clone(),
+                    b: b.clone(),
+                }
+            }
+            Fault::HealPartition { a, b } => {
+                if !a.is_empty() || !b.is_empty() {
+                    return Err(
+                        "the simulator heals all partitions at once: write `heal_partition: {}`"
+                            .into(),
+                    );
+                }
+                F::Heal
+            }
+            Fault::Link {
+                a,
+                b,
+                latency,
+                loss_pct,
+            } => {
+                self.known_group_members(a)?;
+                self.known_group_members(b)?;
+                F::DegradeLinks {
+                    a: a.clone(),
+                    b: b.clone(),
+                    latency_us: latency.map(|d| ms_to_us(d.as_ms())).unwrap_or(0),
+                    loss_percent: loss_pct.unwrap_or(0.0),
+                    bandwidth_mbps: None,
+                }
+            }
+            Fault::EtcdMemberLoss(n) => F::EtcdMemberLoss { node: node(n)? },
+            Fault::DiskFull { node: n } => F::DiskFull { node: node(n)? },
+            Fault::ClockSkew {
+                node: n,
+                offset,
+                behind,
+            } => {
+                let ms = i64::try_from(offset.as_ms())
+                    .map_err(|_| "clock skew too large".to_string())?;
+                F::ClockSkew {
+                    node: node(n)?,
+                    skew_ms: if *behind { -ms } else { ms },
+                }
+            }
+            other => {
+                return Err(format!(
+                    "the `sim` backend cannot inject `{}` yet",
+                    other.kind()
+                ));
+            }
+        })
+    }
+
+    /// Run until `pred` or `deadline_us`, in slices, checking `stop` between slices.
+    fn run(
+        &mut self,
+        deadline_us: u64,
+        stop: StopCheck<'_>,
+        mut pred: impl FnMut(&World) -> bool,
+    ) -> Result<bool, Advance> {
+        for _ in 0..MAX_SLICES {
+            if stop() {
+                return Err(Advance::Stopped);
+            }
+            let slice_end = deadline_us.min(self.sim.now().saturating_add(VIRTUAL_US_PER_SLICE));
+            match self
+                .sim
+                .run_until_pred(slice_end, EVENTS_PER_SLICE, &mut pred)
+            {
+                Stop::Predicate => return Ok(true),
+                Stop::Violation => {
+                    let v = self
+                        .sim
+                        .violation()
+                        .map(|v| v.to_string())
+                        .unwrap_or_default();
+                    return Err(Advance::Halted(format!("the simulator stopped: {v}")));
+                }
+                Stop::Deadline | Stop::Idle if slice_end >= deadline_us => return Ok(false),
+                Stop::Deadline | Stop::Idle | Stop::EventBudget => {}
+            }
+        }
+        Err(Advance::Halted(format!(
+            "gave up after {MAX_SLICES} slices of simulation (virtual time {})",
+            simulator::fmt_time(self.sim.now())
+        )))
+    }
+
+    fn trigger_deadline_us(&self, t: &Trigger) -> Option<u64> {
+        if let Some(time) = t.time {
+            return Some(ms_to_us(time.as_ms()));
+        }
+        t.after.map(|after| {
+            self.last_step_end_us
+                .saturating_add(ms_to_us(after.as_ms()))
+        })
+    }
+}
+
+fn split_key(key: &str) -> (&str, &str) {
+    key.split_once('/').unwrap_or(("default", key))
+}
+
+impl Session for SimSession {
+    fn now_ms(&self) -> u64 {
+        us_to_ms(self.sim.now())
+    }
+
+    fn unsupported(&self, step: &Step) -> Option<String> {
+        let Some(Action::Fault(f)) = step.action() else {
+            return None;
+        };
+        let sqlite = self.world().topology().datastore == Datastore::Sqlite;
+        match f {
+            Fault::EtcdMemberLoss(_) if sqlite => Some(format!(
+                "topology {} keeps its state in sqlite (K3s), it has no etcd member to lose",
+                self.world().topology().name
+            )),
+            _ => None,
+        }
+    }
+
+    fn unsupported_assertion(&self, a: &Assertion) -> Option<String> {
+        let sqlite = self.world().topology().datastore == Datastore::Sqlite;
+        match a {
+            Assertion::EtcdQuorum(_) if sqlite => Some(format!(
+                "topology {} keeps its state in sqlite (K3s): there is no etcd quorum to check",
+                self.world().topology().name
+            )),
+            Assertion::PodPhase {
+                phase: PodPhase::Succeeded | PodPhase::Failed | PodPhase::Unknown,
+                ..
+            } => Some("the simulator models the Pending and Running pod phases only".into()),
+            _ => None,
+        }
+    }
+
+    fn advance_until(
+        &mut self,
+        probe: Probe<'_>,
+        deadline_ms: u64,
+        stop: StopCheck<'_>,
+    ) -> Advance {
+        let deadline_us = ms_to_us(deadline_ms);
+        let out = match probe {
+            Probe::Wait(w) if w.duration.is_some() => {
+                let until = self
+                    .sim
+                    .now()
+                    .saturating_add(ms_to_us(w.duration.unwrap_or_default().as_ms()));
+                self.run(until, stop, |_| false).map(|_| true)
+            }
+            Probe::Wait(w) => {
+                let w2 = w.clone();
+                self.run(deadline_us, stop, move |world| Self::wait_holds(world, &w2))
+            }
+            Probe::Trigger(t) => match self.trigger_deadline_us(t) {
+                Some(at) if at <= self.sim.now() => Ok(true),
+                Some(at) => self
+                    .run(at.min(deadline_us), stop, |_| false)
+                    .map(|_| self.sim.now() >= at),
+                None => Err(Advance::Halted(
+                    "the `sim` backend cannot trigger on FL rounds yet".into(),
+                )),
+            },
+            Probe::Assertion(a) => {
+                let a2 = a.clone();
+                // Evaluate the assertion against the world after every event.
+                let mut holds = false;
+                let r = self.run(deadline_us, stop, |world| {
+                    holds = assertion_holds(world, &a2);
+                    holds
+                });
+                r.map(|reached| reached || holds)
+            }
+        };
+        self.last_step_end_us = self.sim.now();
+        match out {
+            Ok(true) => Advance::Reached,
+            Ok(false) => Advance::DeadlinePassed(match probe {
+                Probe::Wait(w) => Self::wait_state(self.world(), w),
+                Probe::Trigger(_) => {
+                    format!("virtual time is {}", simulator::fmt_time(self.sim.now()))
+                }
+                Probe::Assertion(a) => match self.check_now(a) {
+                    Check::Pass(d) | Check::Fail(d) | Check::Skip(d) => d,
+                },
+            }),
+            Err(e) => e,
+        }
+    }
+
+    fn inject(&mut self, fault: &Fault) -> Result<String, String> {
+        let f = self.to_sim_fault(fault)?;
+        let text = f.to_string();
+        self.sim.inject(f);
+        self.markers.push(Marker {
+            at_ms: self.now_ms(),
+            label: text.clone(),
+        });
+        self.last_step_end_us = self.sim.now();
+        Ok(format!("{text} at {}", simulator::fmt_time(self.sim.now())))
+    }
+
+    fn start_fl(&mut self) -> Result<String, String> {
+        self.fl_started = true;
+        Err("the `sim` backend cannot run an FL job yet".into())
+    }
+
+    fn check(&mut self, a: &Assertion) -> Check {
+        let c = self.check_now(a);
+        self.last_step_end_us = self.sim.now();
+        c
+    }
+
+    fn collect(&mut self, what: &[Collect], dir: &Path) -> Result<Vec<String>, String> {
+        let mut files = Vec::new();
+        for c in what {
+            let (name, text) = match c {
+                Collect::Trace | Collect::Events | Collect::Logs => {
+                    let mut s = String::new();
+                    for e in self.sim.trace().entries() {
+                        s.push_str(&format!("{} {:?}\n", simulator::fmt_time(e.at), e.event));
+                    }
+                    let name = match c {
+                        Collect::Trace => "trace.txt",
+                        Collect::Events => "events.txt",
+                        _ => "logs.txt",
+                    };
+                    (name, s)
+                }
+                Collect::Metrics => {
+                    let m = self.observations().metrics;
+                    (
+                        "metrics.json",
+                        serde_json::to_string_pretty(&m).unwrap_or_default(),
+                    )
+                }
+            };
+            std::fs::write(dir.join(name), text)
+                .map_err(|e| format!("failed to write {}: {e}", dir.join(name).display()))?;
+            files.push(name.to_string());
+        }
+        Ok(files)
+    }
+
+    fn observations(&self) -> Observations {
+        let mut nodes: BTreeMap<String, Track> = BTreeMap::new();
+        for n in self.world().nodes() {
+            nodes.insert(
+                n.name.clone(),
+                Track {
+                    name: n.name.clone(),
+                    states: vec![(0, "off".to_string())],
+                },
+            );
+        }
+        let mut apps: BTreeMap<String, Track> = BTreeMap::new();
+        let mut faults = Vec::new();
+        let mut quorum_lost_ms = 0u64;
+        let mut quorum_lost_since: Option<u64> = None;
+        for e in self.sim.trace().entries() {
+            let t = us_to_ms(e.at);
+            match &e.event {
+                TraceEvent::NodePowerOn { node } => track(&mut nodes, node, t, "booting"),
+                TraceEvent::NodePowerOff { node } => track(&mut nodes, node, t, "off"),
+                TraceEvent::NodeBooted { node } => track(&mut nodes, node, t, "NotReady"),
+                TraceEvent::NodeReady { node } => track(&mut nodes, node, t, "Ready"),
+                TraceEvent::NodeNotReady { node } => track(&mut nodes, node, t, "NotReady"),
+                TraceEvent::NodeDeleted { node } => track(&mut nodes, node, t, "deleted"),
+                TraceEvent::WorkloadReady { workload, ready } => track(
+                    &mut apps,
+                    workload,
+                    t,
+                    if *ready { "Ready" } else { "NotReady" },
+                ),
+                TraceEvent::Fault { fault } => faults.push(Marker {
+                    at_ms: t,
+                    label: fault.clone(),
+                }),
+                TraceEvent::EtcdQuorum { available } => {
+                    if !available && quorum_lost_since.is_none() {
+                        quorum_lost_since = Some(t);
+                    } else if *available && let Some(s) = quorum_lost_since.take() {
+                        quorum_lost_ms += t - s;
+                    }
+                }
+                _ => {}
+            }
+        }
+        if let Some(s) = quorum_lost_since {
+            quorum_lost_ms += self.now_ms().saturating_sub(s);
+        }
+        let now = self.now_ms();
+        // First time every node was Ready: the latest first-Ready across nodes.
+        let first_all_ready = nodes
+            .values()
+            .map(|t| {
+                t.states
+                    .iter()
+                    .find(|(_, s)| s == "Ready")
+                    .map(|(at, _)| *at)
+            })
+            .collect::<Option<Vec<u64>>>()
+            .and_then(|v| v.into_iter().max());
+        let mut metrics = BTreeMap::new();
+        if let Some(t) = first_all_ready {
+            metrics.insert("nodes_ready_ms".to_string(), t as f64);
+        }
+        let not_ready_ms: u64 = nodes
+            .values()
+            .map(|tr| time_in_state(tr, now, |s| s != "Ready"))
+            .sum();
+        metrics.insert("node_not_ready_total_ms".to_string(), not_ready_ms as f64);
+        metrics.insert("etcd_quorum_lost_ms".to_string(), quorum_lost_ms as f64);
+        metrics.insert("virtual_ms".to_string(), now as f64);
+        metrics.insert(
+            "sim_events".to_string(),
+            self.world().events_processed() as f64,
+        );
+        let mut all_faults = self.markers.clone();
+        if all_faults.is_empty() {
+            all_faults = faults;
+        }
+        Observations {
+            timeline: Timeline {
+                nodes: nodes.into_values().collect(),
+                apps: apps.into_values().collect(),
+                faults: all_faults,
+            },
+            rounds: Vec::new(),
+            metrics,
+            trace_hash: Some(self.sim.trace_hash()),
+            violations: self
+                .sim
+                .violation()
+                .map(|v| v.to_string())
+                .into_iter()
+                .collect(),
+            backend_repro: Some(self.sim.repro()),
+        }
+    }
+}
+
+fn track(map: &mut BTreeMap<String, Track>, name: &str, t: u64, state: &str) {
+    map.entry(name.to_string())
+        .or_insert_with(|| Track {
+            name: name.to_string(),
+            states: Vec::new(),
+        })
+        .push(t, state);
+}
+
+fn time_in_state(tr: &Track, now: u64, pred: impl Fn(&str) -> bool) -> u64 {
+    let mut total = 0;
+    for (i, (t, s)) in tr.states.iter().enumerate() {
+        let end = tr.states.get(i + 1).map(|(t2, _)| *t2).unwrap_or(now);
+        if pred(s) {
+            total += end.saturating_sub(*t);
+        }
+    }
+    total
+}
+
+/// Whether an assertion holds in this world (used to wait for `within`).
+fn assertion_holds(w: &World, a: &Assertion) -> bool {
+    match a {
+        Assertion::EtcdQuorum(want) => w.etcd_status().quorum == *want,
+        Assertion::NodeCondition {
+            node, condition, ..
+        } => SimSession::node_holds(w, node, *condition),
+        Assertion::PodPhase {
+            pod, phase, node, ..
+        } => {
+            let (p, on, _) = SimSession::pod_state(w, pod);
+            p == Some(*phase) && node.as_ref().is_none_or(|n| on.as_ref() == Some(n))
+        }
+        Assertion::WorkloadReady {
+            workload,
+            at_least,
+            at_most,
+        } => SimSession::workload_of(w, workload).is_some_and(|x| {
+            at_least.is_none_or(|m| x.ready_replicas >= m)
+                && at_most.is_none_or(|m| x.ready_replicas <= m)
+        }),
+        Assertion::QuotaExceeded {
+            namespace,
+            at_least,
+        } => {
+            let prefix = format!("{namespace}/");
+            w.quota_errors()
+                .iter()
+                .filter(|(k, _)| k.starts_with(&prefix))
+                .count() as u32
+                >= *at_least
+        }
+        _ => false,
+    }
+}
