@@ -856,6 +856,7 @@ impl World {
         let base = match self.cluster.distribution {
             Distribution::Talos => TALOS_BOOT_US,
             Distribution::K3s => K3S_BOOT_US,
+            Distribution::Kubeadm => KUBEADM_BOOT_US,
         };
         base + self.random_range(0, base * 3 / 10)
     }

@@ -468,7 +468,7 @@ impl Sim {
             self.topology_name, self.world.seed
         );
         if !self.options.faults.is_empty() {
-            let faults = serde_json::to_string(&self.options.faults).unwrap_or_default();
+            let faults = crate::fault::faults_json(&self.options.faults);
             s.push_str(&format!(" --faults-json '{faults}'"));
         }
         for (name, o) in &self.options.overrides {

@@ -3,9 +3,9 @@
 //!
 //! Ticks come from the event queue every [`ETCD_HEARTBEAT_US`]; messages travel through
 //! [`crate::net::Network`] (latency, loss, partitions). The randomized election timeout is drawn
-//! from the simulation's ChaCha stream, never from the library: the Raft config pins
-//! `[min_election_tick, max_election_tick)` to one value, so the library's own draw is constant,
-//! and after every term or role change we set the timeout ourselves.
+//! from the simulation's ChaCha stream: the library resets it (with its own RNG) only when a
+//! member changes term or role, and after every step or tick that changed them we overwrite it
+//! with a draw from the stream, before any further tick reads it.
 //!
 //! Like etcd (`--pre-vote` and CheckQuorum on by default since 3.4/3.5), members run with
 //! pre-vote and check-quorum: a leader cut off from the majority steps down after an election
@@ -88,10 +88,11 @@ fn raft_config(id: u64) -> Config {
         id,
         heartbeat_tick: 1,
         election_tick: ETCD_ELECTION_TICKS,
-        // pinned: the library's own draw in [min, max) is constant; the real randomization
-        // comes from the simulation stream (see module docs).
+        // the library draws in [min, max) with its own thread RNG at every reset; we overwrite
+        // that draw from the simulation stream right after each term or role change (the only
+        // times it resets), before any tick can use it (see module docs).
         min_election_tick: ETCD_ELECTION_TICKS,
-        max_election_tick: ETCD_ELECTION_TICKS + 1,
+        max_election_tick: 2 * ETCD_ELECTION_TICKS,
         check_quorum: true,
         pre_vote: true,
         max_inflight_msgs: 256,

@@ -136,3 +136,14 @@ impl std::fmt::Display for ScheduledFault {
         write!(f, "{} {}", crate::fmt_time(self.at), self.fault)
     }
 }
+
+/// Parse a JSON list of scheduled faults (the `--faults-json` form of a repro line).
+pub fn parse_faults_json(text: &str) -> Result<Vec<ScheduledFault>, String> {
+    serde_json::from_str(text)
+        .map_err(|e| format!("invalid fault schedule json at column {}: {e}", e.column()))
+}
+
+/// Render a fault schedule as JSON (for repro lines).
+pub fn faults_json(faults: &[ScheduledFault]) -> String {
+    serde_json::to_string(faults).unwrap_or_default()
+}

@@ -63,3 +63,6 @@ pub const LONGHORN_DEFAULT_REPLICAS: u32 = 3;
 /// Longhorn volume attach + engine start on a new node after a failover, estimated at 20 s
 /// (Longhorn docs describe attach as taking "tens of seconds"); drawn from [1x, 1.5x).
 pub const LONGHORN_ATTACH_US: u64 = 20 * SEC;
+/// kubeadm-style node (general-purpose OS + containerd + kubelet) boot to kubelet registration,
+/// estimated at 60 s (no upstream default exists; used when a document names no distribution).
+pub const KUBEADM_BOOT_US: u64 = 60 * SEC;

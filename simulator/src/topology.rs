@@ -177,6 +177,8 @@ pub enum Distribution {
     Talos,
     /// K3s: one binary; single server nodes use sqlite (kine), not etcd.
     K3s,
+    /// Upstream Kubernetes (kubeadm-like) on a general-purpose OS, when a document names none.
+    Kubeadm,
 }
 
 /// Where the cluster state lives.
