@@ -61,7 +61,22 @@ pub fn run_cases(
                         not_started(backend, case, opts)
                     } else {
                         progress.case_started(case);
-                        let r = run_case(backend, case, opts, progress, cancel);
+                        // A backend bug must fail its case, not the whole run.
+                        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            run_case(backend, case, opts, progress, cancel)
+                        }))
+                        .unwrap_or_else(|p| {
+                            let msg = p
+                                .downcast_ref::<String>()
+                                .cloned()
+                                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                                .unwrap_or_else(|| "unknown panic".into());
+                            let mut r = empty_report(backend.name(), case, opts);
+                            r.status = Status::Failed;
+                            r.reason =
+                                Some(format!("the `{}` backend panicked: {msg}", backend.name()));
+                            r
+                        });
                         progress.case_finished(case, &r);
                         r
                     };

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, bail};
 use harness::backend;
-use harness::e2e::{E2eOptions, ProgressMode};
+use harness::e2e::E2eOptions;
 use harness::outcome::Status;
 use harness::report::human_ms;
 
