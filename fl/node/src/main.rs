@@ -10,6 +10,7 @@ mod dataset;
 mod export;
 mod metrics;
 mod modelio;
+mod pg;
 mod store;
 mod tls;
 mod worker;

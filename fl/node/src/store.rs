@@ -119,6 +119,7 @@ pub struct ModelRow {
 /// Round metadata: SQLite (embedded default) or PostgreSQL.
 pub enum Meta {
     Sqlite(Mutex<Connection>),
+    Postgres(crate::pg::Pg),
 }
 
 const SQLITE_SCHEMA: &str = "
@@ -141,10 +142,10 @@ CREATE TABLE IF NOT EXISTS rounds (
 ";
 
 impl Meta {
-    /// Opens `sqlite://PATH`, a bare path, or (with the `postgres` feature) `postgres://...`.
+    /// Opens `sqlite://PATH`, a bare path, or `postgres://...`.
     pub async fn open(url: &str) -> Result<Self> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            anyhow::bail!("--database {url}: PostgreSQL is not supported by this build yet");
+            return Ok(Meta::Postgres(crate::pg::Pg::connect(url).await?));
         }
         let path = url.strip_prefix("sqlite://").unwrap_or(url);
         let conn =
@@ -161,11 +162,13 @@ impl Meta {
     fn sqlite(&self) -> std::sync::MutexGuard<'_, Connection> {
         match self {
             Meta::Sqlite(c) => c.lock().unwrap_or_else(|e| e.into_inner()),
+            Meta::Postgres(_) => unreachable!("sqlite() on a postgres store"),
         }
     }
 
     pub async fn load_state(&self) -> Result<Option<(String, String)>> {
         match self {
+            Meta::Postgres(pg) => pg.load_state().await,
             Meta::Sqlite(_) => Ok(self
                 .sqlite()
                 .query_row(
@@ -181,6 +184,7 @@ impl Meta {
     /// Stores the machine's whole state durably (one transaction, fsynced on commit).
     pub async fn save_state(&self, config: &str, state: &str, now_ms: u64) -> Result<()> {
         match self {
+            Meta::Postgres(pg) => pg.save_state(config, state, now_ms).await,
             Meta::Sqlite(_) => {
                 self.sqlite()
                     .execute(
@@ -196,6 +200,7 @@ impl Meta {
 
     pub async fn put_model(&self, m: &ModelRow) -> Result<()> {
         match self {
+            Meta::Postgres(pg) => pg.put_model(m).await,
             Meta::Sqlite(_) => {
                 self.sqlite()
                     .execute(
@@ -210,6 +215,7 @@ impl Meta {
 
     pub async fn list_models(&self) -> Result<Vec<ModelRow>> {
         match self {
+            Meta::Postgres(pg) => pg.list_models().await,
             Meta::Sqlite(_) => {
                 let c = self.sqlite();
                 let mut st = c
@@ -234,6 +240,7 @@ impl Meta {
 
     pub async fn put_round(&self, round: u64, record: &str) -> Result<()> {
         match self {
+            Meta::Postgres(pg) => pg.put_round(round, record).await,
             Meta::Sqlite(_) => {
                 self.sqlite()
                     .execute(

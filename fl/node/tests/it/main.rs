@@ -1,4 +1,4 @@
 //! fl-node's one integration-test binary; each module is one area.
 
-mod aggregate;
+mod export;
 mod node;

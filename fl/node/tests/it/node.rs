@@ -139,7 +139,7 @@ impl Cluster {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
-    fn start_coordinator(&mut self) {
+    pub(crate) fn start_coordinator(&mut self) {
         let n = self.dir.path().read_dir().unwrap().count();
         let p = spawn(
             self.dir.path(),

@@ -1,0 +1,213 @@
+//! Coordinator overhead per round: 10 workers and a 1 MB model against a real `fl coordinator`
+//! process on loopback (release build), beside a raw loopback copy of the same bytes (10 x 1 MB
+//! down, 10 x 1 MB up and fsynced) measured in the same run.
+//!
+//! Each coordinator "round" is: every worker downloads the global model, uploads it back as its
+//! update (no training: what is measured is the coordinator), the last upload's ack returns after
+//! the aggregation and the next round's start. The printed overhead share assumes the issue's
+//! fixed 100 ms local step: `overhead / (100 ms + round)`.
+//!
+//! Run: `cargo bench -p benches --bench round` (builds `fl` in release first if missing).
+#![allow(clippy::disallowed_methods)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+
+const WORKERS: usize = 10;
+/// mlp-64-3495-10: 262,135 f32 parameters = 1.05 MB.
+const MODEL: &str = "mlp-64-3495-10";
+/// The issue's fixed local step for the overhead share.
+const LOCAL_STEP: Duration = Duration::from_millis(100);
+
+struct Kill(Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn fl_binary() -> PathBuf {
+    // <target>/release/deps/round-<hash> -> <target>/release/fl
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("fl");
+    if !bin.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let ok = Command::new(cargo).args(["build", "--release", "-p", "fl-node"]).status().unwrap();
+        assert!(ok.success(), "building fl in release failed");
+    }
+    bin
+}
+
+/// One HTTP/1.1 request on a fresh connection; returns (status, body).
+fn http(port: u16, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_nodelay(true).unwrap();
+    write!(s, "{method} {path} HTTP/1.1\r\nhost: b\r\nconnection: close\r\ncontent-length: {}\r\n\r\n", body.len()).unwrap();
+    s.write_all(body).unwrap();
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    let status: u16 = line.split(' ').nth(1).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let mut len = None;
+    loop {
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        if line == "\r\n" || line.is_empty() {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            len = v.trim().parse::<usize>().ok();
+        }
+    }
+    let mut out = Vec::new();
+    match len {
+        Some(n) => {
+            out.resize(n, 0);
+            r.read_exact(&mut out).unwrap();
+        }
+        None => {
+            r.read_to_end(&mut out).unwrap();
+        }
+    }
+    (status, out)
+}
+
+fn bench_round(c: &mut Criterion) {
+    let dir = std::env::temp_dir().join(format!("fl-round-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let n = WORKERS.to_string();
+    let coord = Kill(
+        Command::new(fl_binary())
+            .args(["coordinator", "--no-auth", "--listen", &format!("127.0.0.1:{port}"), "--model", MODEL])
+            .args(["--rounds", "1000000", "--min-fit-clients", &n, "--min-available-clients", &n, "--data-dir"])
+            .arg(dir.join("data"))
+            .env("RUST_LOG", "warn")
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let t0 = Instant::now();
+    while std::panic::catch_unwind(|| http(port, "GET", "/readyz", b"").0).unwrap_or(0) != 200 {
+        assert!(t0.elapsed() < Duration::from_secs(30), "coordinator did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for i in 0..WORKERS {
+        let body = format!("{{\"client_id\":\"w{i}\"}}");
+        assert_eq!(http(port, "POST", "/api/v1/fl/register_client", body.as_bytes()).0, 200);
+    }
+    let mut round = 1u64;
+    let model_bytes = http(port, "GET", "/api/v1/fl/model/latest", b"").1.len();
+
+    let mut g = c.benchmark_group("round_10_workers_1MB");
+    g.sample_size(10).measurement_time(Duration::from_secs(5)).warm_up_time(Duration::from_secs(1));
+    let mut coord_ns = Vec::new();
+    g.bench_function("coordinator_round", |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            for _ in 0..iters {
+                std::thread::scope(|s| {
+                    for i in 0..WORKERS {
+                        let r = round;
+                        s.spawn(move || {
+                            let (st, model) = http(port, "GET", "/api/v1/fl/model/latest", b"");
+                            assert_eq!(st, 200);
+                            let q = format!("/api/v1/fl/upload_update?client_id=w{i}&round={r}&num_examples=10");
+                            let (st, body) = http(port, "POST", &q, &model);
+                            assert_eq!(st, 200, "{}", String::from_utf8_lossy(&body));
+                        });
+                    }
+                });
+                round += 1;
+            }
+            let d = start.elapsed();
+            coord_ns.push(d.as_nanos() as f64 / iters as f64);
+            d
+        })
+    });
+
+    // Raw reference: the same bytes over loopback, uploads fsynced, no coordinator.
+    let payload = vec![7u8; model_bytes];
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let raw_port = listener.local_addr().unwrap().port();
+    let sink_dir = dir.join("raw");
+    std::fs::create_dir_all(&sink_dir).unwrap();
+    let server_payload = payload.clone();
+    let server = std::thread::spawn(move || {
+        // Bounded: serves exactly the connections the bench makes, then the sentinel.
+        for (k, conn) in listener.incoming().enumerate() {
+            let mut s = conn.unwrap();
+            let mut op = [0u8; 1];
+            if s.read_exact(&mut op).is_err() || op[0] == b'q' {
+                break;
+            }
+            if op[0] == b'd' {
+                s.write_all(&server_payload).unwrap();
+            } else {
+                let mut buf = vec![0u8; server_payload.len()];
+                s.read_exact(&mut buf).unwrap();
+                let p = sink_dir.join(format!("{}", k % 64));
+                let mut f = std::fs::File::create(&p).unwrap();
+                f.write_all(&buf).unwrap();
+                f.sync_all().unwrap();
+                s.write_all(b"k").unwrap();
+            }
+        }
+    });
+    let mut raw_ns = Vec::new();
+    g.bench_function("raw_loopback_copy", |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            for _ in 0..iters {
+                std::thread::scope(|s| {
+                    for _ in 0..WORKERS {
+                        let payload = &payload;
+                        s.spawn(move || {
+                            let mut d = TcpStream::connect(("127.0.0.1", raw_port)).unwrap();
+                            d.write_all(b"d").unwrap();
+                            let mut buf = vec![0u8; payload.len()];
+                            d.read_exact(&mut buf).unwrap();
+                            let mut u = TcpStream::connect(("127.0.0.1", raw_port)).unwrap();
+                            u.write_all(b"u").unwrap();
+                            u.write_all(payload).unwrap();
+                            let mut ack = [0u8; 1];
+                            u.read_exact(&mut ack).unwrap();
+                        });
+                    }
+                });
+            }
+            let d = start.elapsed();
+            raw_ns.push(d.as_nanos() as f64 / iters as f64);
+            d
+        })
+    });
+    g.finish();
+    let mut q = TcpStream::connect(("127.0.0.1", raw_port)).unwrap();
+    q.write_all(b"q").unwrap();
+    server.join().unwrap();
+    drop(coord);
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2] / 1e6
+    };
+    let (c_ms, r_ms) = (median(&mut coord_ns), median(&mut raw_ns));
+    let overhead = (c_ms - r_ms).max(0.0);
+    let step = LOCAL_STEP.as_secs_f64() * 1e3;
+    println!(
+        "round overhead: {WORKERS} workers x {model_bytes} B model: coordinator round {c_ms:.1} ms, raw loopback copy {r_ms:.1} ms \
+         (ratio {:.2}x); overhead {overhead:.1} ms = {:.1}% of a round with a {step:.0} ms local step (target < 5%)",
+        c_ms / r_ms,
+        100.0 * overhead / (step + c_ms)
+    );
+}
+
+criterion_group!(benches, bench_round);
+criterion_main!(benches);
