@@ -23,6 +23,7 @@
 //! File reading and the kubectl call live in [`loader`]; everything else is sans-IO and takes a
 //! [`repo::Repo`] snapshot.
 
+pub mod argo;
 pub mod loader;
 pub mod object;
 pub mod repo;

@@ -1,3 +1,4 @@
 //! The simulator's one integration-test binary.
 
 mod gitops;
+mod gitops_models;
