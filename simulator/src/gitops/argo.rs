@@ -159,7 +159,7 @@ pub struct AppStatus {
 
 /// How a desired resource lands in the cluster.
 #[derive(Debug, Clone, PartialEq)]
-enum Target {
+pub(crate) enum Target {
     /// A cluster-model object.
     Cluster(Box<KObject>, ObjectKind, String, String),
     /// A child Application (by name).
@@ -1001,7 +1001,7 @@ fn str_at<'a>(v: &'a Value, p: &str) -> Option<&'a str> {
 }
 
 /// Converts a manifest to the cluster model's object.
-fn target_of(o: &Object, siblings: &[Object], hook: bool) -> Target {
+pub(crate) fn target_of(o: &Object, siblings: &[Object], hook: bool) -> Target {
     let ns = o.namespace().unwrap_or("").to_string();
     let name = o.name().to_string();
     let v = &o.value;
@@ -1009,12 +1009,15 @@ fn target_of(o: &Object, siblings: &[Object], hook: bool) -> Target {
         |k: KObject, kind: ObjectKind| Target::Cluster(Box::new(k), kind, ns.clone(), name.clone());
     match (o.group(), o.kind()) {
         ("argoproj.io", "Application") => Target::ChildApp(name.clone()),
-        ("", "Namespace") => cluster(
-            KObject::Namespace(NamespaceSpec {
+        // Cluster-scoped: the namespace's own name is its key.
+        ("", "Namespace") => Target::Cluster(
+            Box::new(KObject::Namespace(NamespaceSpec {
                 name: name.clone(),
                 quota: None,
-            }),
+            })),
             ObjectKind::Namespace,
+            name.clone(),
+            name.clone(),
         ),
         ("", "ResourceQuota") => {
             let hard = v.pointer("/spec/hard");
@@ -1123,7 +1126,7 @@ fn target_of(o: &Object, siblings: &[Object], hook: bool) -> Target {
     }
 }
 
-fn workload_spec(
+pub(crate) fn workload_spec(
     o: &Object,
     kind: WorkloadKind,
     default_replicas: u64,

@@ -24,6 +24,7 @@
 //! [`repo::Repo`] snapshot.
 
 pub mod argo;
+pub mod flux;
 pub mod loader;
 pub mod object;
 pub mod repo;

@@ -300,3 +300,45 @@ fn same_seed_same_trace() {
     assert_eq!(a.trace_hash(), b.trace_hash());
     assert_eq!(a.now(), b.now());
 }
+
+#[test]
+fn mlops_flux_tree_converges_in_depends_on_order() {
+    use simulator::gitops::flux::Flux;
+    let topo = Topology::load(&root().join("topologies/mlops-flux.yaml")).expect("topology");
+    let options = SimOptions {
+        apply_topology_workloads: false,
+        ..SimOptions::default()
+    };
+    let mut sim = Sim::new(topo, 4, options);
+    let stop = sim.run_until_pred(30 * MIN, 50_000_000, |w| w.nodes_ready());
+    assert_eq!(
+        stop,
+        Stop::Predicate,
+        "cluster did not boot: {}",
+        sim.repro()
+    );
+    let repo = read_repo(&root().join("gitops/mlops")).expect("read mlops tree");
+    let tree = simulator::gitops::tree::Tree::build(&repo);
+    let id = Flux::start(&mut sim, repo);
+    let deadline = sim.now() + 60 * MIN;
+    while sim.now() < deadline && !sim.model::<Flux>(id).expect("flux").converged() {
+        sim.run_until(sim.now() + 10_000_000);
+    }
+    let flux = sim.model::<Flux>(id).expect("flux");
+    assert!(flux.converged(), "{}", dump(&sim));
+    let mut checked = 0;
+    for u in &tree.units {
+        let applied = flux.first_applied(&u.name).expect("applied");
+        for d in &u.depends_on {
+            let ready = flux
+                .ready_order()
+                .iter()
+                .find(|(n, _)| n == d)
+                .map(|(_, t)| *t)
+                .expect("dependency ready");
+            assert!(ready <= applied, "{} applied before {d} was ready", u.name);
+            checked += 1;
+        }
+    }
+    assert!(checked >= 5, "{checked}");
+}
