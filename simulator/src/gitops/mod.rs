@@ -22,6 +22,13 @@
 //!
 //! File reading and the kubectl call live in [`loader`]; everything else is sans-IO and takes a
 //! [`repo::Repo`] snapshot.
+//!
+//! # Reconcile models
+//! [`argo::ArgoCd`] (Applications, app-of-apps, waves, hooks, self-heal, prune, retry) and
+//! [`flux::Flux`] (Kustomizations with dependsOn/wait/timeout, HelmReleases from estimates) are
+//! simulator models started on a [`crate::Sim`] with `ArgoCd::start(sim, repo)` /
+//! `Flux::start(sim, repo)`; `commit(at, repo)` feeds Git, and their status queries answer
+//! what converged when, in which order, and which resource blocks a wave.
 
 pub mod argo;
 pub mod flux;
