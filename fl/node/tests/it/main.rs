@@ -1,4 +1,6 @@
 //! fl-node's one integration-test binary; each module is one area.
 
+mod aggregate;
 mod export;
 mod node;
+mod postgres;
