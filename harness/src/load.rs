@@ -200,7 +200,19 @@ pub fn improve_message(msg: &str) -> String {
     out
 }
 
+/// The words after `expected one of` in a serde message, with or without backticks around them
+/// (serde-saphyr 2 joins the bare words with `, `; serde's own messages quote each one).
 fn backticked(s: &str) -> Vec<String> {
+    if let Some(i) = s.find("expected one of ") {
+        let list = &s[i + "expected one of ".len()..];
+        if !list.contains('`') {
+            return list
+                .split(", ")
+                .map(|w| w.trim().trim_end_matches('.').to_string())
+                .filter(|w| !w.is_empty())
+                .collect();
+        }
+    }
     let mut out = Vec::new();
     let mut parts = s.split('`');
     parts.next();
@@ -264,7 +276,7 @@ pub fn did_you_mean<'a>(word: &str, candidates: &'a [String]) -> Option<&'a str>
     let w = norm(word);
     let mut best: Option<(usize, &'a str)> = None;
     for c in candidates {
-        let d = strsim::levenshtein(&w, &norm(c));
+        let d = strsim::osa_distance(&w, &norm(c));
         if best.is_none_or(|(bd, _)| d < bd) {
             best = Some((d, c.as_str()));
         }

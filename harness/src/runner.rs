@@ -172,7 +172,8 @@ impl Ctx<'_> {
         if self.cancel.load(Ordering::SeqCst) {
             return true;
         }
-        if self.started.elapsed().as_millis() as u64 > self.timeout_ms {
+        // `>=`: a limit of N ms allows less than N ms (a 0 limit allows nothing).
+        if self.started.elapsed() >= std::time::Duration::from_millis(self.timeout_ms) {
             self.timed_out.store(true, Ordering::SeqCst);
             return true;
         }

@@ -7,19 +7,21 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+use fl_core::round::Phase as CoordPhase;
 use simulator::cluster::PodPhase as SimPodPhase;
+use simulator::fl::{ClientFault, FlConfig, FlModel, RoundStats};
 use simulator::timings::{MS, SEC};
 use simulator::topology::{Datastore, VolumeSpec, WorkloadKind as SimKind, WorkloadSpec};
-use simulator::{Sim, SimOptions, Stop, Topology, TraceEvent, World};
+use simulator::{ModelId, Sim, SimOptions, Stop, Topology, TraceEvent, World};
 
 use crate::backend::{
     Advance, Backend, Capabilities, Check, Observations, Probe, Session, StopCheck,
 };
 use crate::load::Case;
-use crate::outcome::{Marker, Timeline, Track};
+use crate::outcome::{Marker, RoundReport, Timeline, Track};
 use crate::scenario::{
-    Action, Assertion, ClusterState, Collect, Fault, NodeCondition, PodPhase, Process, Step,
-    Trigger, Wait, WorkloadKind,
+    Action, Assertion, ByzantineAttack, ClientSet, ClusterState, Collect, Fault, FlWorkload,
+    ModelCheck, NodeCondition, PodPhase, Process, RoundPhase, Step, Trigger, Wait, WorkloadKind,
 };
 
 /// Events the simulator may process per slice before the session checks the wall clock and
@@ -59,6 +61,9 @@ impl SimBackend {
                 "etcd_member_loss",
                 "disk_full",
                 "clock_skew",
+                "fl_client_dropout",
+                "fl_straggler",
+                "fl_byzantine",
             ]),
             assertions: set(&[
                 "etcd.quorum",
@@ -67,12 +72,17 @@ impl SimBackend {
                 "workload.ready",
                 "quota.exceeded",
                 "invariants.hold",
+                "fl.round_completed",
+                "fl.global_model",
+                "fl.accuracy",
+                "fl.round_latency",
+                "fl.clients_aggregated",
             ]),
-            waits: set(&["duration", "cluster", "node", "pod", "workload"]),
-            triggers: set(&["time", "after"]),
-            workloads: set(&["k8s"]),
+            waits: set(&["duration", "cluster", "node", "pod", "workload", "fl.round"]),
+            triggers: set(&["time", "after", "fl.round"]),
+            workloads: set(&["k8s", "fl"]),
             virtual_time: true,
-            missing_reason: "the simulator's FL-round and GitOps models are not wired into the harness yet",
+            missing_reason: "the simulator's GitOps models are not wired into the harness yet",
         }
     }
 }
@@ -97,7 +107,10 @@ impl Backend for SimBackend {
         let sim = Sim::new(topo, case.seed, SimOptions::default());
         Ok(Box::new(SimSession {
             sim,
-            fl_started: false,
+            fl: case.fl.clone(),
+            fl_id: None,
+            fl_started_ms: 0,
+            seed: case.seed,
             last_step_end_us: 0,
             markers: Vec::new(),
         }))
@@ -162,7 +175,12 @@ fn to_workload_spec(
 
 struct SimSession {
     sim: Sim,
-    fl_started: bool,
+    /// The case's FL workload, started by `fl.start`.
+    fl: Option<FlWorkload>,
+    fl_id: Option<ModelId>,
+    /// Virtual ms when `fl.start` ran.
+    fl_started_ms: u64,
+    seed: u64,
     /// Virtual µs when the previous step ended (for `at: {after: ...}`).
     last_step_end_us: u64,
     markers: Vec<Marker>,
@@ -419,11 +437,209 @@ impl SimSession {
                 Some(v) if !*want => Check::Pass(v.to_string()),
                 Some(v) => Check::Fail(v.to_string()),
             },
+            Assertion::FlRoundCompleted { .. }
+            | Assertion::FlGlobalModel(_)
+            | Assertion::FlAccuracy { .. }
+            | Assertion::FlRoundLatency { .. }
+            | Assertion::FlClientsAggregated { .. } => self.check_fl(a),
             other => Check::Skip(format!(
                 "the `sim` backend cannot check `{}` yet",
                 other.kind()
             )),
         }
+    }
+
+    fn fl_model(&self) -> Option<&FlModel> {
+        self.sim.model::<FlModel>(self.fl_id?)
+    }
+
+    fn check_fl(&self, a: &Assertion) -> Check {
+        let Some(fl) = self.fl_model() else {
+            return Check::Fail("the FL job was never started (`fl.start`)".into());
+        };
+        let rounds = fl.rounds();
+        let verdict = |ok: bool, d: String| if ok { Check::Pass(d) } else { Check::Fail(d) };
+        match a {
+            Assertion::FlRoundCompleted { round, within } => {
+                match rounds.iter().find(|r| r.round == u64::from(*round)) {
+                    None => Check::Fail(format!(
+                        "round {round} has not completed ({} of {} done)",
+                        rounds.len(),
+                        fl.config().round.num_rounds
+                    )),
+                    Some(r) => {
+                        let since = us_to_ms(r.finished_us).saturating_sub(self.fl_started_ms);
+                        let d = format!(
+                            "round {round} completed {} after the job started, {} of {} updates accepted",
+                            crate::duration::Duration::from_ms(since),
+                            r.accepted,
+                            r.selected
+                        );
+                        verdict(within.is_none_or(|w| since <= w.as_ms()), d)
+                    }
+                }
+            }
+            Assertion::FlGlobalModel(ModelCheck::MatchesOfflineRecompute) => {
+                let strategy = fl.config().strategy.as_str();
+                if !simulator::fl::oracle::MEAN_STRATEGIES.contains(&strategy) {
+                    return Check::Skip(format!(
+                        "strategy {strategy} has no offline recompute in the simulator's oracle (mean strategies only: {})",
+                        simulator::fl::oracle::MEAN_STRATEGIES.join(", ")
+                    ));
+                }
+                let aggregated = rounds.iter().filter(|r| r.aggregated).count();
+                if aggregated == 0 {
+                    return Check::Fail("no round aggregated a model to compare".into());
+                }
+                // The model checks every aggregated round against the f64 oracle as it happens
+                // and records the first mismatch as an invariant violation.
+                match self.sim.violation() {
+                    Some(v) => Check::Fail(v.to_string()),
+                    None => Check::Pass(format!(
+                        "{aggregated} aggregated round(s) equal the f64 recompute of their accepted updates"
+                    )),
+                }
+            }
+            Assertion::FlAccuracy {
+                round,
+                at_least,
+                at_most,
+            } => {
+                let r = match round {
+                    Some(n) => rounds.iter().find(|r| r.round == u64::from(*n)),
+                    None => rounds.iter().rev().find(|r| r.central_accuracy.is_some()),
+                };
+                let Some((n, acc)) = r.and_then(|r| r.central_accuracy.map(|a| (r.round, a)))
+                else {
+                    return Check::Fail(format!(
+                        "no centralised accuracy for round {} yet ({} rounds completed)",
+                        round.map_or("(last)".to_string(), |n| n.to_string()),
+                        rounds.len()
+                    ));
+                };
+                let d = format!(
+                    "accuracy after round {n} is {acc:.4} (wanted{}{})",
+                    at_least.map_or(String::new(), |v| format!(" >= {v}")),
+                    at_most.map_or(String::new(), |v| format!(" <= {v}"))
+                );
+                verdict(
+                    at_least.is_none_or(|v| acc >= v) && at_most.is_none_or(|v| acc <= v),
+                    d,
+                )
+            }
+            Assertion::FlRoundLatency { p50, p95, p99 } => {
+                let mut lat: Vec<u64> = rounds.iter().map(|r| r.latency_ms).collect();
+                if lat.is_empty() {
+                    return Check::Fail("no round completed".into());
+                }
+                lat.sort_unstable();
+                let mut ok = true;
+                let mut parts = Vec::new();
+                for (name, q, lim) in [("p50", 0.5, p50), ("p95", 0.95, p95), ("p99", 0.99, p99)] {
+                    let v = percentile(&lat, q);
+                    if let Some(l) = lim {
+                        ok &= v <= l.as_ms();
+                        parts.push(format!(
+                            "{name} {} (limit {})",
+                            crate::duration::Duration::from_ms(v),
+                            l
+                        ));
+                    }
+                }
+                verdict(
+                    ok,
+                    format!(
+                        "round latency over {} rounds: {}",
+                        lat.len(),
+                        parts.join(", ")
+                    ),
+                )
+            }
+            Assertion::FlClientsAggregated {
+                round,
+                at_least,
+                at_most,
+            } => match rounds.iter().find(|r| r.round == u64::from(*round)) {
+                None => Check::Fail(format!("round {round} has not completed")),
+                Some(r) => verdict(
+                    at_least.is_none_or(|m| r.accepted as u32 >= m)
+                        && at_most.is_none_or(|m| r.accepted as u32 <= m),
+                    format!(
+                        "round {round} aggregated {} of {} selected updates ({} failures)",
+                        r.accepted, r.selected, r.failures
+                    ),
+                ),
+            },
+            _ => Check::Skip(format!("`{}` is not an FL assertion", a.kind())),
+        }
+    }
+
+    /// Whether the FL job reached `round` in `phase` (Done: the round completed).
+    fn fl_reached(&self, round: u32, phase: Option<RoundPhase>) -> bool {
+        let Some(fl) = self.fl_model() else {
+            return false;
+        };
+        let round = u64::from(round);
+        if fl.rounds().iter().any(|r| r.round >= round) {
+            return true;
+        }
+        let Some(c) = fl.coordinator() else {
+            return false;
+        };
+        let phase = phase.unwrap_or(RoundPhase::Fit);
+        c.round() > round
+            || (c.round() == round
+                && match phase {
+                    RoundPhase::Fit => {
+                        !matches!(c.phase(), CoordPhase::Idle | CoordPhase::Waiting { .. })
+                    }
+                    RoundPhase::Aggregate => !matches!(
+                        c.phase(),
+                        CoordPhase::Idle | CoordPhase::Waiting { .. } | CoordPhase::Fit { .. }
+                    ),
+                    RoundPhase::Evaluate => matches!(
+                        c.phase(),
+                        CoordPhase::Evaluate { .. } | CoordPhase::CentralEval
+                    ),
+                    RoundPhase::Done => false,
+                })
+    }
+
+    /// Run until the FL job reaches `round`/`phase` or `deadline_us`. The model traces each
+    /// phase start and round end; the run stops on the event that traced it.
+    fn run_fl(
+        &mut self,
+        round: u32,
+        phase: Option<RoundPhase>,
+        deadline_us: u64,
+        stop: StopCheck<'_>,
+    ) -> Result<bool, Advance> {
+        if self.fl_id.is_none() {
+            return Err(Advance::Halted(
+                "waiting on an FL round needs a running FL job (`fl.start` first)".into(),
+            ));
+        }
+        if self.fl_reached(round, phase) {
+            return Ok(true);
+        }
+        let want = u64::from(round);
+        let phase = phase.unwrap_or(RoundPhase::Fit);
+        let mut seen = self.sim.trace().entries().len();
+        let reached = self.run(deadline_us, stop, move |world| {
+            let entries = world.trace().entries();
+            let new = entries.get(seen..).unwrap_or_default();
+            seen = entries.len();
+            new.iter().any(|e| match &e.event {
+                TraceEvent::Ext {
+                    model,
+                    kind,
+                    detail,
+                } if model == "fl" => fl_trace_reaches(kind, detail, want, phase),
+                _ => false,
+            })
+        })?;
+        // The stored trace is bounded: past its cap the model's state still answers.
+        Ok(reached || self.fl_reached(round, Some(phase)))
     }
 
     fn to_sim_fault(&self, f: &Fault) -> Result<simulator::Fault, String> {
@@ -578,6 +794,10 @@ impl Session for SimSession {
         };
         let sqlite = self.world().topology().datastore == Datastore::Sqlite;
         match f {
+            Fault::FlByzantine {
+                attack: ByzantineAttack::GaussianNoise,
+                ..
+            } => Some("the simulator's FL model sends sign-flipped or scaled updates only".into()),
             Fault::EtcdMemberLoss(_) if sqlite => Some(format!(
                 "topology {} keeps its state in sqlite (K3s), it has no etcd member to lose",
                 self.world().topology().name
@@ -616,6 +836,12 @@ impl Session for SimSession {
                     .saturating_add(ms_to_us(w.duration.unwrap_or_default().as_ms()));
                 self.run(until, stop, |_| false).map(|_| true)
             }
+            Probe::Wait(w) if w.fl_round.is_some() => self.run_fl(
+                w.fl_round.unwrap_or(0),
+                Some(RoundPhase::Done),
+                deadline_us,
+                stop,
+            ),
             Probe::Wait(w) => {
                 let w2 = w.clone();
                 self.run(deadline_us, stop, move |world| Self::wait_holds(world, &w2))
@@ -625,9 +851,10 @@ impl Session for SimSession {
                 Some(at) => self
                     .run(at.min(deadline_us), stop, |_| false)
                     .map(|_| self.sim.now() >= at),
-                None => Err(Advance::Halted(
-                    "the `sim` backend cannot trigger on FL rounds yet".into(),
-                )),
+                None => match t.fl_round {
+                    Some(r) => self.run_fl(r, t.phase, deadline_us, stop),
+                    None => Err(Advance::Halted("a trigger without a condition".into())),
+                },
             },
             Probe::Assertion(a) => {
                 let a2 = a.clone();
@@ -657,6 +884,36 @@ impl Session for SimSession {
     }
 
     fn inject(&mut self, fault: &Fault) -> Result<String, String> {
+        if let Some((set, cf)) = fl_fault(fault) {
+            let id = self.fl_id.ok_or_else(|| {
+                format!(
+                    "`{}` needs a running FL job (`fl.start` first)",
+                    fault.kind()
+                )
+            })?;
+            let fl = self
+                .sim
+                .model_mut::<FlModel>(id)
+                .ok_or("the FL model is not registered")?;
+            let ids = set.resolve(fl.num_clients() as u32);
+            if ids.is_empty() {
+                return Err(format!("`{}` selects no client", fault.kind()));
+            }
+            for k in &ids {
+                fl.set_client_fault(*k as usize, cf)?;
+            }
+            let text = format!(
+                "{} on client(s) {}",
+                fault.kind(),
+                ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+            );
+            self.markers.push(Marker {
+                at_ms: self.now_ms(),
+                label: text.clone(),
+            });
+            self.last_step_end_us = self.sim.now();
+            return Ok(format!("{text} at {}", simulator::fmt_time(self.sim.now())));
+        }
         let f = self.to_sim_fault(fault)?;
         let text = f.to_string();
         self.sim.inject(f);
@@ -669,8 +926,27 @@ impl Session for SimSession {
     }
 
     fn start_fl(&mut self) -> Result<String, String> {
-        self.fl_started = true;
-        Err("the `sim` backend cannot run an FL job yet".into())
+        if self.fl_id.is_some() {
+            return Err("the FL job is already running (a second `fl.start`)".into());
+        }
+        let w = self
+            .fl
+            .clone()
+            .ok_or("`fl.start` needs a `workload.fl` in the scenario")?;
+        let cfg = fl_config(&w)?;
+        let nodes = self.node_names();
+        let model = FlModel::new(cfg, &nodes, self.seed)?;
+        self.fl_id = Some(self.sim.add_model(Box::new(model)));
+        self.fl_started_ms = self.now_ms();
+        self.last_step_end_us = self.sim.now();
+        Ok(format!(
+            "FL job started: {} clients, {} rounds, strategy {}, model {}, at {}",
+            w.clients,
+            w.rounds,
+            w.strategy.as_str(),
+            w.model,
+            simulator::fmt_time(self.sim.now())
+        ))
     }
 
     fn check(&mut self, a: &Assertion) -> Check {
@@ -780,6 +1056,17 @@ impl Session for SimSession {
         metrics.insert("node_not_ready_total_ms".to_string(), not_ready_ms as f64);
         metrics.insert("etcd_quorum_lost_ms".to_string(), quorum_lost_ms as f64);
         metrics.insert("virtual_ms".to_string(), now as f64);
+        if let Some(fl) = self.fl_model() {
+            let mut lat: Vec<u64> = fl.rounds().iter().map(|r| r.latency_ms).collect();
+            lat.sort_unstable();
+            if !lat.is_empty() {
+                metrics.insert("fl_round_p50_ms".to_string(), percentile(&lat, 0.5) as f64);
+                metrics.insert("fl_round_p95_ms".to_string(), percentile(&lat, 0.95) as f64);
+            }
+            if let Some(a) = fl.rounds().iter().rev().find_map(|r| r.central_accuracy) {
+                metrics.insert("fl_final_accuracy".to_string(), a);
+            }
+        }
         metrics.insert(
             "sim_events".to_string(),
             self.world().events_processed() as f64,
@@ -794,7 +1081,10 @@ impl Session for SimSession {
                 apps: apps.into_values().collect(),
                 faults: all_faults,
             },
-            rounds: Vec::new(),
+            rounds: self
+                .fl_model()
+                .map(|fl| fl.rounds().iter().map(round_report).collect())
+                .unwrap_or_default(),
             metrics,
             trace_hash: Some(self.sim.trace_hash()),
             violations: self
@@ -862,4 +1152,126 @@ fn assertion_holds(w: &World, a: &Assertion) -> bool {
         }
         _ => false,
     }
+}
+
+/// The simulator's FL configuration for a scenario's `workload.fl`.
+fn fl_config(w: &FlWorkload) -> Result<FlConfig, String> {
+    use crate::model::ModelSpec;
+    let mut cfg = FlConfig::default();
+    let (inputs, hidden, classes) = match ModelSpec::parse(&w.model)? {
+        ModelSpec::Softmax { inputs, classes } => (inputs, None, classes),
+        ModelSpec::Mlp {
+            inputs,
+            hidden,
+            classes,
+        } => (inputs, Some(hidden as usize), classes),
+    };
+    let synth_classes = cfg.architecture().classes();
+    if classes as usize != synth_classes {
+        return Err(format!(
+            "model `{}`: the simulator's synthetic data (FedProx Synthetic) has {synth_classes} classes, not {classes}",
+            w.model
+        ));
+    }
+    cfg.clients = w.clients as usize;
+    cfg.num_features = inputs as usize;
+    cfg.hidden = hidden;
+    cfg.round.num_rounds = u64::from(w.rounds);
+    let min_fit = w.min_fit_clients.unwrap_or(w.clients).max(1) as usize;
+    cfg.round.min_fit_clients = min_fit;
+    cfg.round.min_available_clients = min_fit;
+    cfg.round.min_evaluate_clients = min_fit.min(2);
+    // Flower semantics: fraction_fit 1.0 samples every available client, min_fit_clients is the
+    // smallest sample and the number of clients the round waits to be available.
+    let timeout_ms = w
+        .round_timeout
+        .map(|d| d.as_ms())
+        .unwrap_or(DEFAULT_ROUND_TIMEOUT_MS);
+    cfg.round.fit_timeout_ms = Some(timeout_ms);
+    cfg.round.evaluate_timeout_ms = Some(timeout_ms);
+    cfg.train.epochs = w.local_epochs;
+    if let Some(a) = w.dirichlet_alpha {
+        cfg.alpha = a;
+        cfg.beta = a;
+    }
+    cfg.strategy = w.strategy.as_str().to_string();
+    if let Some(f) = w.byzantine_tolerance {
+        cfg.strategy_params
+            .insert("num_malicious_clients".to_string(), f.to_string());
+    }
+    Ok(cfg)
+}
+
+/// The scenario's `round_timeout` default (the scenario format documents 10m).
+const DEFAULT_ROUND_TIMEOUT_MS: u64 = 10 * 60 * 1_000;
+
+/// An FL fault's client set and the per-client fault it sets.
+fn fl_fault(f: &Fault) -> Option<(&ClientSet, ClientFault)> {
+    match f {
+        Fault::FlClientDropout(set) => Some((set, ClientFault::Dropout)),
+        Fault::FlStraggler { clients, factor } => {
+            Some((clients, ClientFault::Straggler { slowdown: *factor }))
+        }
+        Fault::FlByzantine {
+            clients,
+            attack,
+            scale,
+        } => {
+            let s = *scale as f32;
+            match attack {
+                ByzantineAttack::SignFlip => Some((clients, ClientFault::Byzantine { scale: s })),
+                ByzantineAttack::Scale => Some((clients, ClientFault::Byzantine { scale: -s })),
+                ByzantineAttack::GaussianNoise => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// Nearest-rank percentile of `v` (sorted ascending), `q` in (0, 1].
+fn percentile(v: &[u64], q: f64) -> u64 {
+    if v.is_empty() {
+        return 0;
+    }
+    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
+    v[rank - 1]
+}
+
+fn round_report(r: &RoundStats) -> RoundReport {
+    let finished_ms = us_to_ms(r.finished_us);
+    RoundReport {
+        round: r.round as u32,
+        started_ms: finished_ms.saturating_sub(r.latency_ms),
+        finished_ms,
+        latency_ms: r.latency_ms,
+        clients_aggregated: r.accepted as u32,
+        loss: r.central_loss,
+        accuracy: r.central_accuracy,
+    }
+}
+
+/// Whether an FL trace entry (`phase` "round N fit|aggregate|evaluate ..." or `round-completed`
+/// "round N ...") shows round `want` reaching `phase`.
+fn fl_trace_reaches(kind: &str, detail: &str, want: u64, phase: RoundPhase) -> bool {
+    let mut words = detail.split_whitespace();
+    if words.next() != Some("round") {
+        return false;
+    }
+    let Some(n) = words.next().and_then(|w| w.parse::<u64>().ok()) else {
+        return false;
+    };
+    let rank = |p: RoundPhase| match p {
+        RoundPhase::Fit => 0,
+        RoundPhase::Aggregate => 1,
+        RoundPhase::Evaluate => 2,
+        RoundPhase::Done => 3,
+    };
+    let reached = match (kind, words.next()) {
+        ("round-completed", _) => RoundPhase::Done,
+        ("phase", Some("fit")) => RoundPhase::Fit,
+        ("phase", Some("aggregate")) => RoundPhase::Aggregate,
+        ("phase", Some("evaluate")) => RoundPhase::Evaluate,
+        _ => return false,
+    };
+    n > want || (n == want && rank(reached) >= rank(phase))
 }

@@ -51,7 +51,7 @@ fn main() {
                     ))),
                     Status::Failed => Err(Failed::from(format!(
                         "{}\n{}\nrepro: {}",
-                        r.reason.unwrap_or_default(),
+                        r.reason.clone().unwrap_or_default(),
                         step_log(&r),
                         r.repro
                     ))),

@@ -77,14 +77,15 @@ fn a_false_expectation_fails_with_the_observed_state_and_a_repro() {
 
 #[test]
 fn a_case_whose_assertions_are_all_skipped_is_skipped_not_passed() {
-    let text = "name: fl-only
+    // GitOps is not wired into the sim backend: every step of this case is skipped.
+    let text = "name: gitops-only
 topology: tiny
 workload:
-  fl: { clients: 10, rounds: 2 }
+  gitops: { repo: mlops }
 steps:
-  - fl.start: {}
+  - wait: { kustomization: ml-lifecycle, timeout: 30m }
   - assert:
-      - fl.round_completed: { round: 2 }
+      - flux.ready_order: [data-plane, ml-lifecycle]
 ";
     let r = run(text, None, false);
     assert_eq!(r[0].status, Status::Skipped, "{:#?}", r[0]);
@@ -181,8 +182,8 @@ fn an_e2e_run_writes_the_five_report_files_and_counts_outcomes() {
     let ws = temp_workspace(&[
         ("cp-loss.yaml", CP_LOSS),
         (
-            "fl.yaml",
-            "name: fl\ntopology: tiny\nworkload:\n  fl: { clients: 4, rounds: 1 }\nsteps:\n  - fl.start: {}\n  - assert:\n      - fl.round_completed: { round: 1 }\n",
+            "gitops.yaml",
+            "name: gitops\ntopology: tiny\nworkload:\n  gitops: { repo: mlops }\nsteps:\n  - wait: { kustomization: ml-lifecycle, timeout: 30m }\n  - assert:\n      - flux.ready_order: [data-plane, ml-lifecycle]\n",
         ),
     ]);
     let mut opts = E2eOptions::defaults(ws.path());
@@ -209,4 +210,51 @@ fn an_e2e_run_writes_the_five_report_files_and_counts_outcomes() {
     assert!(md.contains("1 passed, 0 failed, 1 skipped"), "{md}");
     assert!(!res.failed());
     let _ = SimBackend::new(ws.path()).name();
+}
+
+#[test]
+fn fedavg_rounds_complete_and_match_the_recompute_and_a_dropout_shows_in_the_round() {
+    let text = "name: fl
+topology: tiny
+workload:
+  fl: { clients: 4, rounds: 3, strategy: fedavg, min_fit_clients: 2, round_timeout: 1m }
+steps:
+  - wait: { cluster: ready, timeout: 20m }
+  - fl.start: {}
+  - at: { fl.round: 2, phase: fit }
+    fault: { fl_client_dropout: { count: 1 } }
+  - wait: { fl.round: 3, timeout: 60m }
+  - assert:
+      - fl.round_completed: { round: 3 }
+      - fl.global_model: matches_offline_recompute
+      - fl.clients_aggregated: { round: 1, at_least: 4 }
+      - fl.clients_aggregated: { round: 3, at_most: 3 }
+";
+    let r = run(text, None, false);
+    assert_eq!(r[0].status, Status::Passed, "{:#?}", r[0].steps);
+    assert_eq!(r[0].rounds.len(), 3, "{:?}", r[0].rounds);
+    assert!(
+        r[0].rounds
+            .iter()
+            .all(|x| x.accuracy.is_some() && x.loss.is_some())
+    );
+}
+
+#[test]
+fn an_fl_assertion_that_does_not_hold_fails_with_the_observed_value() {
+    let text = "name: fl-acc
+topology: tiny
+workload:
+  fl: { clients: 4, rounds: 1 }
+steps:
+  - wait: { cluster: ready, timeout: 20m }
+  - fl.start: {}
+  - wait: { fl.round: 1, timeout: 60m }
+  - assert:
+      - fl.accuracy: { at_least: 1.0 }
+";
+    let r = run(text, None, false);
+    assert_eq!(r[0].status, Status::Failed, "{:#?}", r[0].steps);
+    let reason = r[0].reason.as_deref().unwrap_or_default();
+    assert!(reason.contains("accuracy after round 1 is"), "{reason}");
 }

@@ -164,6 +164,8 @@ const SYNTH_CLASSES: usize = 10;
 pub struct RoundStats {
     pub round: u64,
     pub latency_ms: u64,
+    /// Virtual time the round completed at.
+    pub finished_us: Time,
     pub selected: usize,
     pub accepted: usize,
     pub failures: usize,
@@ -183,9 +185,34 @@ struct Client {
     straggler: bool,
     slow_link: bool,
     byzantine: bool,
+    /// Per-client attack scale (the workload's `byzantine_scale` unless a fault set another).
+    byzantine_scale: f32,
+    /// Training-time multiplier while a straggler.
+    straggler_slowdown: f64,
+    /// Dropped out by a fault: the client answers no fit or evaluate request.
+    silent: bool,
     alive: bool,
     /// Bumped when the client's node dies: replies of an older incarnation are dropped.
     incarnation: u64,
+}
+
+/// A fault set on one client while the job runs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ClientFault {
+    /// The client goes silent (no fit, no evaluate) until [`ClientFault::Rejoin`].
+    Dropout,
+    Rejoin,
+    /// Training takes `slowdown` times longer and does `straggler_work_fraction` of it.
+    Straggler {
+        slowdown: f64,
+    },
+    /// The client's link has `1 / slow_link_factor` of the bandwidth.
+    SlowLink,
+    /// The client sends `global - scale * (local - global)` (a negative scale sends a scaled,
+    /// unflipped update).
+    Byzantine {
+        scale: f32,
+    },
 }
 
 /// Payloads on the engine queue.
@@ -298,6 +325,9 @@ impl FlModel {
                 straggler: rng.random_bool(f.straggler_fraction.clamp(0.0, 1.0)),
                 slow_link: rng.random_bool(f.slow_link_fraction.clamp(0.0, 1.0)),
                 byzantine: k < f.byzantine_clients,
+                byzantine_scale: f.byzantine_scale,
+                straggler_slowdown: f.straggler_slowdown,
+                silent: false,
                 alive: false,
                 incarnation: 0,
             });
@@ -343,6 +373,54 @@ impl FlModel {
             me: ModelId(usize::MAX),
             cfg,
         })
+    }
+
+    /// Changes client `client`'s fault state from now on (a fault injected while the job runs).
+    /// Rounds already in flight keep what the client was sent; the next request sees the fault.
+    pub fn set_client_fault(&mut self, client: usize, fault: ClientFault) -> Result<(), String> {
+        let n = self.clients.len();
+        let c = self.clients.get_mut(client).ok_or_else(|| {
+            format!("fl: client {client} does not exist (the job has {n} clients)")
+        })?;
+        match fault {
+            ClientFault::Dropout => c.silent = true,
+            ClientFault::Rejoin => c.silent = false,
+            ClientFault::Straggler { slowdown } => {
+                if !(slowdown.is_finite() && slowdown >= 1.0) {
+                    return Err(format!(
+                        "fl: client {client}: straggler slowdown {slowdown} is not a finite factor >= 1"
+                    ));
+                }
+                c.straggler = true;
+                c.straggler_slowdown = slowdown;
+            }
+            ClientFault::SlowLink => c.slow_link = true,
+            ClientFault::Byzantine { scale } => {
+                if !scale.is_finite() {
+                    return Err(format!(
+                        "fl: client {client}: attack scale {scale} is not finite"
+                    ));
+                }
+                c.byzantine = true;
+                c.byzantine_scale = scale;
+            }
+        }
+        Ok(())
+    }
+
+    /// The coordinator's state machine (None while its node is down): round and phase.
+    pub fn coordinator(&self) -> Option<&Coordinator> {
+        self.coordinator.as_ref()
+    }
+
+    /// Number of clients of the job.
+    pub fn num_clients(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// The workload's configuration (strategy, rounds, faults).
+    pub fn config(&self) -> &FlConfig {
+        &self.cfg
     }
 
     /// Per-round results so far.
@@ -421,7 +499,7 @@ impl FlModel {
             } => {
                 let k = self.by_id[&client];
                 let c = &self.clients[k];
-                if !c.alive || self.drops(k, round, 1) {
+                if !c.alive || c.silent || self.drops(k, round, 1) {
                     return;
                 }
                 let params = &self.globals[&global_digest];
@@ -460,7 +538,10 @@ impl FlModel {
                 round,
                 global_digest,
                 updates,
-            } => self.aggregate(world, round, &global_digest, &updates),
+            } => {
+                world.trace_ext("fl", "phase", format!("round {round} aggregate"));
+                self.aggregate(world, round, &global_digest, &updates)
+            }
             Action::EvaluateCentralized {
                 round,
                 global_digest,
@@ -492,10 +573,18 @@ impl FlModel {
                     format!("rounds {rounds} global {global_digest}"),
                 );
             }
-            Action::FitSelected { .. }
-            | Action::EvaluateSelected { .. }
-            | Action::FitRoundFailed { .. }
-            | Action::RejectEvaluate { .. } => {}
+            // Phase starts, traced so a scenario can act at "round N, fit phase".
+            Action::FitSelected { round, clients } => world.trace_ext(
+                "fl",
+                "phase",
+                format!("round {round} fit clients {}", clients.len()),
+            ),
+            Action::EvaluateSelected { round, clients } => world.trace_ext(
+                "fl",
+                "phase",
+                format!("round {round} evaluate clients {}", clients.len()),
+            ),
+            Action::FitRoundFailed { .. } | Action::RejectEvaluate { .. } => {}
         }
     }
 
@@ -513,7 +602,7 @@ impl FlModel {
 
     fn fit(&mut self, world: &mut World, round: u64, client: &ClientId, global_digest: &str) {
         let k = self.by_id[client];
-        if !self.clients[k].alive || self.drops(k, round, 0) {
+        if !self.clients[k].alive || self.clients[k].silent || self.drops(k, round, 0) {
             return;
         }
         let global = self.globals[global_digest].clone();
@@ -522,7 +611,7 @@ impl FlModel {
         let mut slowdown = 1.0;
         if c.straggler {
             cfg.work_fraction = self.cfg.faults.straggler_work_fraction;
-            slowdown = self.cfg.faults.straggler_slowdown;
+            slowdown = c.straggler_slowdown;
         }
         // Training randomness keyed by (seed, client, round): independent of event order.
         let mut rng = ChaCha8Rng::seed_from_u64(self.cfg.round.seed);
@@ -541,7 +630,7 @@ impl FlModel {
             }
         };
         if c.byzantine {
-            let s = self.cfg.faults.byzantine_scale;
+            let s = c.byzantine_scale;
             for (p, g) in params.iter_mut().zip(&global) {
                 *p = g - s * (*p - g);
             }
@@ -680,6 +769,7 @@ impl FlModel {
         let stats = RoundStats {
             round,
             latency_ms: rec.latency_ms().unwrap_or(0),
+            finished_us: world.now(),
             selected: rec.selected.len(),
             accepted: rec.accepted.len(),
             failures: rec.failures.len(),
@@ -781,7 +871,11 @@ impl FlModel {
                 metrics,
             } => {
                 let c = &self.clients[client];
-                if incarnation != c.incarnation || !c.alive || self.coordinator.is_none() {
+                if incarnation != c.incarnation
+                    || !c.alive
+                    || c.silent
+                    || self.coordinator.is_none()
+                {
                     return;
                 }
                 // The shell stores the update durably before telling the machine.
@@ -809,7 +903,7 @@ impl FlModel {
                 accuracy,
             } => {
                 let c = &self.clients[client];
-                if incarnation != c.incarnation || !c.alive {
+                if incarnation != c.incarnation || !c.alive || c.silent {
                     return;
                 }
                 let metrics = Metrics::from([("accuracy".to_string(), accuracy)]);
