@@ -7,7 +7,7 @@ use simulator::{Fault, Process, Sim, SimOptions, Stop, TraceEvent, WorkloadOverr
 
 use crate::{boot, sim, topo};
 
-fn when<'a>(s: &'a Sim, f: impl Fn(&TraceEvent) -> bool) -> Option<u64> {
+fn when(s: &Sim, f: impl Fn(&TraceEvent) -> bool) -> Option<u64> {
     s.trace()
         .entries()
         .iter()
