@@ -16,19 +16,27 @@ fn bench(c: &mut Criterion) {
     let kubectl = simulator::gitops::loader::kubectl();
     println!(
         "gitops bench: kubectl {}",
-        kubectl.as_ref().map(|k| format!("at {}", k.display())).unwrap_or_else(|| "not installed: cross-check skipped".into())
+        kubectl
+            .as_ref()
+            .map(|k| format!("at {}", k.display()))
+            .unwrap_or_else(|| "not installed: cross-check skipped".into())
     );
     let mut g = c.benchmark_group("gitops_validate");
-    g.sample_size(10).measurement_time(Duration::from_secs(8)).warm_up_time(Duration::from_secs(1));
+    g.sample_size(10)
+        .measurement_time(Duration::from_secs(8))
+        .warm_up_time(Duration::from_secs(1));
     g.bench_function("reference_in_process_only", |b| {
         b.iter(|| {
-            let r = simulator::gitops::validate_with(&gitops, Some(&crds), None, None).expect("validate");
+            let r = simulator::gitops::validate_with(&gitops, Some(&crds), None, None)
+                .expect("validate");
             assert!(r.is_ok(), "{r}");
         })
     });
     g.bench_function("all_fixtures_with_kubectl_kustomize", |b| {
         b.iter(|| {
-            let r = simulator::gitops::validate_with(&gitops, Some(&crds), None, kubectl.as_deref()).expect("validate");
+            let r =
+                simulator::gitops::validate_with(&gitops, Some(&crds), None, kubectl.as_deref())
+                    .expect("validate");
             assert!(r.is_ok(), "{r}");
         })
     });

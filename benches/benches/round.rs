@@ -38,7 +38,10 @@ fn fl_binary() -> PathBuf {
     let bin = exe.parent().unwrap().parent().unwrap().join("fl");
     if !bin.exists() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let ok = Command::new(cargo).args(["build", "--release", "-p", "fl-node"]).status().unwrap();
+        let ok = Command::new(cargo)
+            .args(["build", "--release", "-p", "fl-node"])
+            .status()
+            .unwrap();
         assert!(ok.success(), "building fl in release failed");
     }
     bin
@@ -48,12 +51,21 @@ fn fl_binary() -> PathBuf {
 fn http(port: u16, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_nodelay(true).unwrap();
-    write!(s, "{method} {path} HTTP/1.1\r\nhost: b\r\nconnection: close\r\ncontent-length: {}\r\n\r\n", body.len()).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nhost: b\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
     s.write_all(body).unwrap();
     let mut r = BufReader::new(s);
     let mut line = String::new();
     r.read_line(&mut line).unwrap();
-    let status: u16 = line.split(' ').nth(1).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let status: u16 = line
+        .split(' ')
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     let mut len = None;
     loop {
         line.clear();
@@ -81,12 +93,31 @@ fn http(port: u16, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
 fn bench_round(c: &mut Criterion) {
     let dir = std::env::temp_dir().join(format!("fl-round-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let n = WORKERS.to_string();
     let coord = Kill(
         Command::new(fl_binary())
-            .args(["coordinator", "--no-auth", "--listen", &format!("127.0.0.1:{port}"), "--model", MODEL])
-            .args(["--rounds", "1000000", "--min-fit-clients", &n, "--min-available-clients", &n, "--data-dir"])
+            .args([
+                "coordinator",
+                "--no-auth",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--model",
+                MODEL,
+            ])
+            .args([
+                "--rounds",
+                "1000000",
+                "--min-fit-clients",
+                &n,
+                "--min-available-clients",
+                &n,
+                "--data-dir",
+            ])
             .arg(dir.join("data"))
             .env("RUST_LOG", "warn")
             .stderr(Stdio::null())
@@ -95,18 +126,26 @@ fn bench_round(c: &mut Criterion) {
     );
     let t0 = Instant::now();
     while std::panic::catch_unwind(|| http(port, "GET", "/readyz", b"").0).unwrap_or(0) != 200 {
-        assert!(t0.elapsed() < Duration::from_secs(30), "coordinator did not start");
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "coordinator did not start"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     for i in 0..WORKERS {
         let body = format!("{{\"client_id\":\"w{i}\"}}");
-        assert_eq!(http(port, "POST", "/api/v1/fl/register_client", body.as_bytes()).0, 200);
+        assert_eq!(
+            http(port, "POST", "/api/v1/fl/register_client", body.as_bytes()).0,
+            200
+        );
     }
     let mut round = 1u64;
     let model_bytes = http(port, "GET", "/api/v1/fl/model/latest", b"").1.len();
 
     let mut g = c.benchmark_group("round_10_workers_1MB");
-    g.sample_size(10).measurement_time(Duration::from_secs(5)).warm_up_time(Duration::from_secs(1));
+    g.sample_size(10)
+        .measurement_time(Duration::from_secs(5))
+        .warm_up_time(Duration::from_secs(1));
     let mut coord_ns = Vec::new();
     g.bench_function("coordinator_round", |b| {
         b.iter_custom(|iters| {
@@ -118,7 +157,9 @@ fn bench_round(c: &mut Criterion) {
                         s.spawn(move || {
                             let (st, model) = http(port, "GET", "/api/v1/fl/model/latest", b"");
                             assert_eq!(st, 200);
-                            let q = format!("/api/v1/fl/upload_update?client_id=w{i}&round={r}&num_examples=10");
+                            let q = format!(
+                                "/api/v1/fl/upload_update?client_id=w{i}&round={r}&num_examples=10"
+                            );
                             let (st, body) = http(port, "POST", &q, &model);
                             assert_eq!(st, 200, "{}", String::from_utf8_lossy(&body));
                         });

@@ -12,7 +12,9 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use simulator::timings::{HOUR, MIN};
-use simulator::{Fault, Model, ModelId, ScheduledFault, Sim, SimOptions, Topology, World, WorkloadOverride};
+use simulator::{
+    Fault, Model, ModelId, ScheduledFault, Sim, SimOptions, Topology, WorkloadOverride, World,
+};
 
 const EVENTS: u64 = 1_000_000;
 const PENDING: u64 = 1_024;
@@ -47,12 +49,17 @@ impl Model for Chain {
 }
 
 fn topology(name: &str) -> Topology {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/topologies").join(format!("{name}.yaml"));
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fixtures/topologies")
+        .join(format!("{name}.yaml"));
     Topology::load(&p).expect("topology")
 }
 
 fn engine_run(topo: &Topology) -> u64 {
-    let opts = SimOptions { apply_topology_workloads: false, ..SimOptions::default() };
+    let opts = SimOptions {
+        apply_topology_workloads: false,
+        ..SimOptions::default()
+    };
     let mut sim = Sim::new(topo.clone(), 1, opts);
     sim.add_model(Box::new(Chain { left: EVENTS }));
     sim.run_until_pred(u64::MAX / 2, EVENTS + PENDING * 2, |_| false);
@@ -83,13 +90,22 @@ fn reference_run() -> u64 {
 fn day_run() -> (u64, String) {
     let mut opts = SimOptions::default();
     // mlops-flux has 22 documented pods; 81 more executors make 100 (+3 DaemonSet-free nodes)
-    opts.overrides.insert("spark-executor".into(), WorkloadOverride::parse("replicas:81").expect("override"));
+    opts.overrides.insert(
+        "spark-executor".into(),
+        WorkloadOverride::parse("replicas:81").expect("override"),
+    );
     let topo = topology("mlops-flux");
     let names: Vec<String> = topo.nodes.iter().map(|n| n.name.clone()).collect();
     for h in 1..24u64 {
         let node = names[(h as usize) % names.len()].clone();
-        opts.faults.push(ScheduledFault { at: h * HOUR, fault: Fault::KillNode { node: node.clone() } });
-        opts.faults.push(ScheduledFault { at: h * HOUR + 20 * MIN, fault: Fault::RestoreNode { node } });
+        opts.faults.push(ScheduledFault {
+            at: h * HOUR,
+            fault: Fault::KillNode { node: node.clone() },
+        });
+        opts.faults.push(ScheduledFault {
+            at: h * HOUR + 20 * MIN,
+            fault: Fault::RestoreNode { node },
+        });
     }
     let mut sim = Sim::new(topo, 1, opts);
     sim.run_until(24 * HOUR);
