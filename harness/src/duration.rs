@@ -67,7 +67,7 @@ impl fmt::Display for Duration {
             return write!(f, "0s");
         }
         for (unit, factor) in UNITS.iter().rev() {
-            if ms % factor == 0 {
+            if ms.is_multiple_of(*factor) {
                 return write!(f, "{}{unit}", ms / factor);
             }
         }

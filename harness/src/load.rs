@@ -586,14 +586,14 @@ fn check_step(
                         }
                     }
                 }
-                Assertion::FlRoundLatency { p50, p95, p99 } => {
-                    if p50.is_none() && p95.is_none() && p99.is_none() {
-                        out.push((
-                            l,
-                            c,
-                            format!("{what}: `fl.round_latency` needs `p50`, `p95` or `p99`"),
-                        ));
-                    }
+                Assertion::FlRoundLatency { p50, p95, p99 }
+                    if p50.is_none() && p95.is_none() && p99.is_none() =>
+                {
+                    out.push((
+                        l,
+                        c,
+                        format!("{what}: `fl.round_latency` needs `p50`, `p95` or `p99`"),
+                    ));
                 }
                 Assertion::WorkloadReady {
                     at_least, at_most, ..

@@ -437,7 +437,7 @@ fn run_step(
         .or_else(|| session.unsupported(step))
     {
         let sk = skipped_step(section, index, step, &reason);
-        let halt = blocking.then(|| Halt::SkippedFrom(reason));
+        let halt = blocking.then_some(Halt::SkippedFrom(reason));
         return (sk, halt);
     }
     let stop = || ctx.should_stop();

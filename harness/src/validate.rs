@@ -138,17 +138,17 @@ pub fn check_names(
 
 fn step_nodes(st: &Step) -> Vec<String> {
     let mut out = Vec::new();
-    if let Some(f) = &st.fault {
-        match f {
-            Fault::KillNode(n)
-            | Fault::RestoreNode(n)
-            | Fault::EtcdMemberLoss(n)
-            | Fault::DiskFull { node: n }
-            | Fault::ClockSkew { node: n, .. }
-            | Fault::KillProcess { node: n, .. }
-            | Fault::RestoreProcess { node: n, .. } => out.push(n.clone()),
-            _ => {}
-        }
+    if let Some(
+        Fault::KillNode(n)
+        | Fault::RestoreNode(n)
+        | Fault::EtcdMemberLoss(n)
+        | Fault::DiskFull { node: n }
+        | Fault::ClockSkew { node: n, .. }
+        | Fault::KillProcess { node: n, .. }
+        | Fault::RestoreProcess { node: n, .. },
+    ) = &st.fault
+    {
+        out.push(n.clone());
     }
     if let Some(w) = &st.wait
         && let Some(n) = &w.node

@@ -308,8 +308,11 @@ fn truncate(s: &str, n: usize) -> String {
     }
 }
 
+/// One plotted series: label, colour, (x, y) points.
+pub type Series<'a> = (&'a str, &'a str, Vec<(f64, f64)>);
+
 /// A line chart of one or more series over the round number.
-pub fn line_svg(kind: &str, y_label: &str, series: &[(&str, &str, Vec<(f64, f64)>)]) -> String {
+pub fn line_svg(kind: &str, y_label: &str, series: &[Series<'_>]) -> String {
     let (w, h) = (700.0, 260.0);
     let (l, r, t, b) = (60.0, 20.0, 20.0, 40.0);
     let all: Vec<(f64, f64)> = series
