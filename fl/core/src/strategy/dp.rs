@@ -140,13 +140,8 @@ impl<'a> Strategy<'a> for DpFixedClipping<'a> {
         "dp-fixed-clipping"
     }
     fn begin(&mut self, round: u64, global: Option<ModelView<'a>>) -> Result<(), FlError> {
-        if global.is_none() {
-            return Err(FlError::MissingGlobal {
-                strategy: "dp-fixed-clipping".into(),
-            });
-        }
         self.round = round;
-        self.inner.begin(round, global)
+        begin_inner(self.inner.as_mut(), "dp-fixed-clipping", round, global)
     }
     fn fold(&mut self, update: Update<'a>) -> Result<(), FlError> {
         self.inner.fold(update)
@@ -284,13 +279,8 @@ impl<'a> Strategy<'a> for DpAdaptiveClipping<'a> {
         "dp-adaptive-clipping"
     }
     fn begin(&mut self, round: u64, global: Option<ModelView<'a>>) -> Result<(), FlError> {
-        if global.is_none() {
-            return Err(FlError::MissingGlobal {
-                strategy: "dp-adaptive-clipping".into(),
-            });
-        }
         self.round = round;
-        self.inner.begin(round, global)
+        begin_inner(self.inner.as_mut(), "dp-adaptive-clipping", round, global)
     }
     fn fold(&mut self, update: Update<'a>) -> Result<(), FlError> {
         self.inner.fold(update)
@@ -347,4 +337,20 @@ impl<'a> Strategy<'a> for DpAdaptiveClipping<'a> {
     fn collector_mut(&mut self) -> &mut Collector<'a> {
         self.inner.collector_mut()
     }
+}
+
+/// Both DP wrappers clip relative to the current global model, so they refuse a round without one
+/// and otherwise hand the round to the inner strategy.
+fn begin_inner<'a>(
+    inner: &mut (dyn Strategy<'a> + 'a),
+    wrapper: &str,
+    round: u64,
+    global: Option<ModelView<'a>>,
+) -> Result<(), FlError> {
+    if global.is_none() {
+        return Err(FlError::MissingGlobal {
+            strategy: wrapper.into(),
+        });
+    }
+    inner.begin(round, global)
 }
