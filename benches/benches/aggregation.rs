@@ -279,13 +279,29 @@ fn main() {
         .measurement_time(Duration::from_secs(2))
         .configure_from_args();
 
+    // `cargo bench --bench aggregation -- FILTER`: only the cases whose group matches are
+    // prepared, timed and reported (criterion filters the timed functions the same way).
+    let filter = std::env::args()
+        .skip(1)
+        .find(|a| !a.starts_with('-'))
+        .unwrap_or_default();
+    let cases: Vec<&Case> = CASES.iter().filter(|c| c.group.contains(&filter)).collect();
     let dir = tempfile::Builder::new()
         .prefix("fl-agg-bench")
         .tempdir()
         .expect("temp dir");
     eprintln!("writing bench inputs to {} ...", dir.path().display());
-    let small = map_all(&write_inputs(dir.path(), "1M", 50, M1));
-    let large = map_all(&write_inputs(dir.path(), "10M", 50, M10));
+    let inputs = |d: usize, tag: &str| -> Vec<Mmap> {
+        let clients = cases
+            .iter()
+            .filter(|c| c.d == d)
+            .map(|c| c.clients)
+            .max()
+            .unwrap_or(0);
+        map_all(&write_inputs(dir.path(), tag, clients, d))
+    };
+    let small = inputs(M1, "1M");
+    let large = inputs(M10, "10M");
     let small_views = views_of(&small);
     let large_views = views_of(&large);
     // read every byte once so the inputs are in the page cache before anything is timed
@@ -293,7 +309,7 @@ fn main() {
     black_box(plain_sum(&large_views));
 
     let mut rows = Vec::new();
-    for case in CASES {
+    for case in cases {
         let all = if case.d == M1 {
             &small_views
         } else {

@@ -9,6 +9,7 @@
 //! Where this core diverges from Flower, the item says so (see `fl/core/DIVERGENCES.md`).
 
 mod collector;
+mod coordwise;
 mod dp;
 mod fedavg;
 mod fedopt;

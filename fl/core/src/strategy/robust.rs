@@ -7,8 +7,10 @@
 
 use rayon::prelude::*;
 
+use super::coordwise::dispatch;
+use super::coordwise::{MedianNet, NET_MAX_CLIENTS, median_block, trimmed_block};
 use super::fedopt::MeanPlan;
-use super::kernel::{gather_block, par_fill_with, sum_sq};
+use super::kernel::{gather_block, load_row, par_fill_with};
 use super::{Collector, Kept, Limits, Metrics, Strategy, Update, aggregate_metrics};
 use crate::error::FlError;
 use crate::model::{DType, Model, ModelView, TensorView, round_to_dtype};
@@ -22,32 +24,123 @@ fn coordinatewise(
     global: Option<&ModelView<'_>>,
     per_coord: impl Fn(&mut [f64], DType) -> f64 + Sync,
 ) -> Result<Model, FlError> {
+    build_model(clients, global, |t, g| {
+        coordinatewise_tensor(clients, t, g, &per_coord)
+    })
+}
+
+/// A model shaped as the clients', tensor `t` computed by `data(t, global tensor t)`.
+fn build_model(
+    clients: &[&Kept<'_>],
+    global: Option<&ModelView<'_>>,
+    data: impl Fn(usize, Option<&TensorView<'_>>) -> Vec<u8>,
+) -> Result<Model, FlError> {
     let first = &clients[0].model;
-    let n = clients.len();
     let mut tensors = Vec::with_capacity(first.len());
     for (t, spec) in first.tensors().iter().enumerate() {
         let g = global.map(|g| &g.tensors()[t]);
-        let dtype = spec.dtype();
-        let data = par_fill_with(
-            dtype,
-            spec.numel(),
-            GATHER_BLOCK,
-            || (Vec::new(), Vec::new()),
-            |(scratch, row): &mut (Vec<f64>, Vec<f64>), start, out| {
-                gather_block(clients, t, g, start, out.len(), scratch, row);
-                for (j, o) in out.iter_mut().enumerate() {
-                    *o = per_coord(&mut scratch[j * n..(j + 1) * n], dtype);
-                }
-            },
-        );
         tensors.push(TensorView::new(
             spec.name(),
-            dtype,
+            spec.dtype(),
             spec.shape().to_vec(),
-            data,
+            data(t, g),
         )?);
     }
     ModelView::new(tensors)
+}
+
+/// The generic path of one tensor: gathers f64 values and applies `per_coord`.
+fn coordinatewise_tensor(
+    clients: &[&Kept<'_>],
+    t: usize,
+    g: Option<&TensorView<'_>>,
+    per_coord: &(impl Fn(&mut [f64], DType) -> f64 + Sync),
+) -> Vec<u8> {
+    let n = clients.len();
+    let spec = &clients[0].model.tensors()[t];
+    let dtype = spec.dtype();
+    par_fill_with(
+        dtype,
+        spec.numel(),
+        GATHER_BLOCK,
+        || (Vec::new(), Vec::new()),
+        |(scratch, row): &mut (Vec<f64>, Vec<f64>), start, out| {
+            gather_block(clients, t, g, start, out.len(), scratch, row);
+            for (j, o) in out.iter_mut().enumerate() {
+                *o = per_coord(&mut scratch[j * n..(j + 1) * n], dtype);
+            }
+        },
+    )
+}
+
+/// Coordinates per rayon task of the f32 fast paths (a multiple of `coordwise::LANES`).
+const F32_TASK: usize = 4096;
+/// Coordinates per gathered sub-block of the trimmed mean: N x 128 f32 stay in L1.
+const TRIM_BLOCK: usize = 128;
+
+/// FedMedian of every tensor: the sorting-network path for f32, the generic path otherwise.
+fn median_model(clients: &[&Kept<'_>], global: Option<&ModelView<'_>>) -> Result<Model, FlError> {
+    let n = clients.len();
+    let net = (n <= NET_MAX_CLIENTS).then(|| MedianNet::new(n));
+    build_model(clients, global, |t, g| {
+        let spec = &clients[0].model.tensors()[t];
+        let Some(net) = net.as_ref().filter(|_| spec.dtype() == DType::F32) else {
+            return coordinatewise_tensor(clients, t, g, &|v: &mut [f64], _| median_of(v));
+        };
+        let mut out = vec![0u8; spec.numel() * 4];
+        out.par_chunks_mut(F32_TASK * 4).enumerate().for_each_init(
+            || (Vec::new(), Vec::new(), Vec::new(), Vec::new()),
+            |(wires, redo, scratch, row), (b, chunk)| {
+                let start = b * F32_TASK;
+                redo.clear();
+                median_block(net, clients, t, g, start, chunk, wires, redo);
+                for &j in redo.iter() {
+                    gather_block(clients, t, g, start + j, 1, scratch, row);
+                    let v = median_of(&mut scratch[..n]) as f32;
+                    chunk[j * 4..j * 4 + 4].copy_from_slice(&v.to_le_bytes());
+                }
+            },
+        );
+        out
+    })
+}
+
+/// FedTrimmedAvg of every tensor: numpy's partition replayed on f32 values for f32, the
+/// generic path otherwise.
+fn trimmed_model(
+    clients: &[&Kept<'_>],
+    global: Option<&ModelView<'_>>,
+    cut: usize,
+) -> Result<Model, FlError> {
+    let n = clients.len();
+    let hi = n - cut - 1;
+    let kths: &[usize] = if hi == cut { &[cut] } else { &[cut, hi] };
+    build_model(clients, global, |t, g| {
+        let spec = &clients[0].model.tensors()[t];
+        if spec.dtype() != DType::F32 {
+            return coordinatewise_tensor(clients, t, g, &|v: &mut [f64], dtype| {
+                numpy_partition(v, kths);
+                let kept = &v[cut..n - cut];
+                let mean = trimmed_sum(kept, dtype) / kept.len() as f64;
+                if matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
+                    round_to_dtype(DType::F32, mean)
+                } else {
+                    mean
+                }
+            });
+        }
+        let mut out = vec![0u8; spec.numel() * 4];
+        out.par_chunks_mut(F32_TASK * 4).enumerate().for_each_init(
+            || (Vec::new(), Vec::new()),
+            |(scratch, row), (b, chunk)| {
+                for (s, sub) in chunk.chunks_mut(TRIM_BLOCK * 4).enumerate() {
+                    let start = b * F32_TASK + s * TRIM_BLOCK;
+                    trimmed_block(clients, t, g, cut, start, sub, scratch, row);
+                }
+            },
+        );
+        out
+    })
 }
 
 /// numpy `median`: the middle value, or for even N the mean of the two middle values
@@ -66,32 +159,69 @@ pub fn median_of(v: &mut [f64]) -> f64 {
     }
 }
 
-/// numpy's `np.partition(a, kth)` (scalar introselect, kth ascending, pivot stack), which
-/// leaves the values in the order numpy's float32 sum then walks. Values are compared as
-/// numpy's `less` (NaN never occurs: fold rejects it).
-pub fn numpy_partition(v: &mut [f64], kths: &[usize]) {
-    const MAX_PIVOT_STACK: usize = 50;
-    let num = v.len();
-    let mut pivots: Vec<usize> = Vec::with_capacity(MAX_PIVOT_STACK);
-    let store_pivot = |pivots: &mut Vec<usize>, pivot: usize, kth: usize| {
-        if pivot == kth && pivots.len() == MAX_PIVOT_STACK {
-            if let Some(last) = pivots.last_mut() {
-                *last = pivot;
-            }
-        } else if pivot >= kth && pivots.len() < MAX_PIVOT_STACK {
-            pivots.push(pivot);
+/// numpy's introselect pivot stack (`NPY_MAX_PIVOT_STACK` = 50), on the stack.
+struct PivotStack {
+    items: [usize; PivotStack::MAX],
+    len: usize,
+}
+
+impl Default for PivotStack {
+    fn default() -> Self {
+        Self {
+            items: [0; Self::MAX],
+            len: 0,
         }
-    };
-    let mut kths = kths.to_vec();
-    kths.sort_unstable();
-    kths.dedup();
-    'kth: for &kth in &kths {
+    }
+}
+
+impl PivotStack {
+    const MAX: usize = 50;
+
+    fn last(&self) -> Option<usize> {
+        self.len.checked_sub(1).map(|i| self.items[i])
+    }
+
+    fn pop(&mut self) {
+        self.len = self.len.saturating_sub(1);
+    }
+
+    /// numpy's `store_pivot`: pivots at or above kth are kept; a full stack keeps the kth.
+    fn store(&mut self, pivot: usize, kth: usize) {
+        if pivot == kth && self.len == Self::MAX {
+            self.items[Self::MAX - 1] = pivot;
+        } else if pivot >= kth && self.len < Self::MAX {
+            self.items[self.len] = pivot;
+            self.len += 1;
+        }
+    }
+}
+
+/// numpy's float `less` (`npysort` `Tag::less`): NaN sorts after every number, so the
+/// partition's sentinels hold even with NaN (fold rejects NaN unless `check_finite` is off).
+#[inline(always)]
+#[allow(clippy::eq_op)]
+fn np_less<T: PartialOrd + Copy>(a: T, b: T) -> bool {
+    a < b || (b != b && a == a)
+}
+
+/// numpy's `np.partition(a, kth)` (scalar introselect, kth ascending, pivot stack), which
+/// leaves the values in the order numpy's float32 sum then walks. Values are compared with
+/// numpy's `less` ([`np_less`]).
+///
+/// `kths` must be ascending without repeats (numpy sorts them; a repeated kth is a no-op).
+/// Generic so the f32 fast path replays it on f32 values: every comparison gives the same
+/// answer on an f32 as on its exact f64 image.
+pub fn numpy_partition<T: PartialOrd + Copy>(v: &mut [T], kths: &[usize]) {
+    debug_assert!(kths.windows(2).all(|w| w[0] < w[1]), "kths {kths:?}");
+    let num = v.len();
+    let mut pivots = PivotStack::default();
+    'kth: for &kth in kths {
         if num == 0 || kth >= num {
             continue;
         }
         let mut low = 0usize;
         let mut high = num - 1;
-        while let Some(&p) = pivots.last() {
+        while let Some(p) = pivots.last() {
             if p > kth {
                 high = p - 1;
                 break;
@@ -107,20 +237,20 @@ pub fn numpy_partition(v: &mut [f64], kths: &[usize]) {
                 let mut minidx = i;
                 let mut minval = v[i];
                 for (k, &x) in v.iter().enumerate().take(high + 1).skip(i + 1) {
-                    if x < minval {
+                    if np_less(x, minval) {
                         minidx = k;
                         minval = x;
                     }
                 }
                 v.swap(i, minidx);
             }
-            store_pivot(&mut pivots, kth, kth);
+            pivots.store(kth, kth);
             continue;
         } else if kth == num - 1 {
             let mut maxidx = low;
             let mut maxval = v[low];
             for (k, &x) in v.iter().enumerate().skip(low + 1) {
-                if x >= maxval {
+                if !np_less(x, maxval) {
                     maxidx = k;
                     maxval = x;
                 }
@@ -134,13 +264,13 @@ pub fn numpy_partition(v: &mut [f64], kths: &[usize]) {
             let mut hh = high;
             if depth_limit > 0 || hh - ll < 5 {
                 let mid = low + (high - low) / 2;
-                if v[high] < v[mid] {
+                if np_less(v[high], v[mid]) {
                     v.swap(high, mid);
                 }
-                if v[high] < v[low] {
+                if np_less(v[high], v[low]) {
                     v.swap(high, low);
                 }
-                if v[low] < v[mid] {
+                if np_less(v[low], v[mid]) {
                     v.swap(low, mid);
                 }
                 v.swap(mid, low + 1);
@@ -148,13 +278,13 @@ pub fn numpy_partition(v: &mut [f64], kths: &[usize]) {
                 // numpy's median-of-medians fallback; reached only for adversarial inputs
                 // far larger than a client count. Median of 3 keeps the result a valid partition.
                 let mid = low + (high - low) / 2;
-                if v[high] < v[mid] {
+                if np_less(v[high], v[mid]) {
                     v.swap(high, mid);
                 }
-                if v[high] < v[low] {
+                if np_less(v[high], v[low]) {
                     v.swap(high, low);
                 }
-                if v[low] < v[mid] {
+                if np_less(v[low], v[mid]) {
                     v.swap(low, mid);
                 }
                 v.swap(mid, low + 1);
@@ -164,13 +294,13 @@ pub fn numpy_partition(v: &mut [f64], kths: &[usize]) {
             loop {
                 loop {
                     ll += 1;
-                    if v[ll] >= pivot {
+                    if !np_less(v[ll], pivot) {
                         break;
                     }
                 }
                 loop {
                     hh -= 1;
-                    if pivot >= v[hh] {
+                    if !np_less(pivot, v[hh]) {
                         break;
                     }
                 }
@@ -181,7 +311,7 @@ pub fn numpy_partition(v: &mut [f64], kths: &[usize]) {
             }
             v.swap(low, hh);
             if hh != kth {
-                store_pivot(&mut pivots, hh, kth);
+                pivots.store(hh, kth);
             }
             if hh >= kth {
                 high = hh.saturating_sub(1);
@@ -190,10 +320,10 @@ pub fn numpy_partition(v: &mut [f64], kths: &[usize]) {
                 low = ll;
             }
         }
-        if low + 1 == high && v[high] < v[low] {
+        if low + 1 == high && np_less(v[high], v[low]) {
             v.swap(high, low);
         }
-        store_pivot(&mut pivots, kth, kth);
+        pivots.store(kth, kth);
     }
 }
 
@@ -260,7 +390,7 @@ impl<'a> FedMedian<'a> {
         global: Option<&ModelView<'_>>,
     ) -> Result<(Model, Metrics), FlError> {
         let clients: Vec<&Kept<'_>> = kept.iter().collect();
-        let model = coordinatewise(&clients, global, |v, _| median_of(v))?;
+        let model = median_model(&clients, global)?;
         Ok((model, metrics_of(&clients)))
     }
 }
@@ -304,16 +434,7 @@ impl<'a> FedTrimmedAvg<'a> {
                 got: n,
             });
         }
-        let model = coordinatewise(&clients, global, |v, dtype| {
-            numpy_partition(v, &[cut, n - cut - 1]);
-            let kept = &v[cut..n - cut];
-            let mean = trimmed_sum(kept, dtype) / kept.len() as f64;
-            if matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
-                round_to_dtype(DType::F32, mean)
-            } else {
-                mean
-            }
-        })?;
+        let model = trimmed_model(&clients, global, cut)?;
         let mut metrics = metrics_of(&clients);
         metrics.insert("trimmed_cut_per_side".into(), cut as f64);
         Ok((model, metrics))
@@ -335,10 +456,18 @@ pub struct KrumScores {
 /// Blocks of coordinates per rayon task in the distance pass (fixed, so sums are thread-independent).
 const DIST_BLOCK: usize = 1024;
 const DIST_TASK_BLOCKS: usize = 32;
+/// Coordinates of all N rows held at once (f64): 50 x 256 x 8 B = 100 KiB, L2-resident.
+/// A multiple of 8, so a lane is `coordinate % 8` within a block whatever the sub-block.
+const DIST_SUB: usize = 256;
 
 /// Squared L2 distances between all pairs, flat over all tensors, in f64 (Flower squares a
 /// float32 norm, which overflows to inf for |x| around 1e18: divergence, see DIVERGENCES.md),
 /// and Krum scores with k = max(1, N - f - 2).
+///
+/// Summation order (fixed, so thread-independent): per block of [`DIST_BLOCK`] coordinates,
+/// 8 lanes (coordinate % 8) summed in coordinate order and combined as
+/// ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)); blocks in order within a task of
+/// [`DIST_TASK_BLOCKS`] blocks, tasks in order, tensors in order.
 pub fn krum_scores(
     clients: &[&Kept<'_>],
     global: Option<&ModelView<'_>>,
@@ -359,29 +488,28 @@ pub fn krum_scores(
             .into_par_iter()
             .map(|task| {
                 let mut acc = vec![0.0f64; pairs.len()];
-                let mut rows = vec![0.0f64; n * DIST_BLOCK];
-                let (mut scratch, mut row) = (Vec::new(), Vec::new());
-                let mut diff = vec![0.0f64; DIST_BLOCK];
+                let mut lanes = vec![[0.0f64; 8]; pairs.len()];
+                let mut rows = vec![0.0f64; n * DIST_SUB];
+                let mut grow = Vec::new();
                 let end = ((task + 1) * task_len).min(numel);
                 let mut start = task * task_len;
                 while start < end {
-                    let len = DIST_BLOCK.min(end - start);
-                    gather_block(clients, t, g, start, len, &mut scratch, &mut row);
-                    // transpose to client-major rows for contiguous pair loops
-                    for k in 0..n {
-                        for j in 0..len {
-                            rows[k * DIST_BLOCK + j] = scratch[j * n + k];
+                    let block_end = (start + DIST_BLOCK).min(end);
+                    lanes.fill([0.0; 8]);
+                    let mut s = start;
+                    while s < block_end {
+                        let len = DIST_SUB.min(block_end - s);
+                        for (k, c) in clients.iter().enumerate() {
+                            let row = &mut rows[k * DIST_SUB..k * DIST_SUB + len];
+                            load_row(c, t, g, s, row, &mut grow);
                         }
+                        pair_lanes(&rows, n, len, &mut lanes);
+                        s += len;
                     }
-                    for (p, &(a, b)) in pairs.iter().enumerate() {
-                        let ra = &rows[a * DIST_BLOCK..a * DIST_BLOCK + len];
-                        let rb = &rows[b * DIST_BLOCK..b * DIST_BLOCK + len];
-                        for ((d, x), y) in diff[..len].iter_mut().zip(ra).zip(rb) {
-                            *d = x - y;
-                        }
-                        acc[p] += sum_sq(&diff[..len]);
+                    for (a, l) in acc.iter_mut().zip(&lanes) {
+                        *a += ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
                     }
-                    start += len;
+                    start = block_end;
                 }
                 acc
             })
@@ -412,6 +540,68 @@ pub fn krum_scores(
         scores,
         num_closest,
         distances,
+    }
+}
+
+/// Adds to `lanes[p]` (pairs (a, b), a < b, in order) the squared differences of rows a and b
+/// (`rows[k * DIST_SUB..][..len]`), coordinate j into lane j % 8, in coordinate order.
+fn pair_lanes(rows: &[f64], n: usize, len: usize, lanes: &mut [[f64; 8]]) {
+    dispatch!(pair_lanes_generic, pair_lanes_avx2, (rows, n, len, lanes))
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn pair_lanes_avx2(rows: &[f64], n: usize, len: usize, lanes: &mut [[f64; 8]]) {
+    pair_lanes_generic(rows, n, len, lanes)
+}
+
+/// Pairs handled together: each loaded chunk of row a serves this many rows b, and the
+/// 4 x 8 lanes are independent accumulators (no add latency chain).
+const PAIR_TILE: usize = 4;
+
+#[inline(always)]
+fn pair_lanes_generic(rows: &[f64], n: usize, len: usize, lanes: &mut [[f64; 8]]) {
+    let row = |k: usize| &rows[k * DIST_SUB..k * DIST_SUB + len];
+    let full = len / 8 * 8;
+    let mut p = 0;
+    for a in 0..n {
+        let ra = row(a);
+        let mut b = a + 1;
+        while b < n {
+            let tile = PAIR_TILE.min(n - b);
+            if tile == PAIR_TILE {
+                let rb: [&[f64]; PAIR_TILE] = std::array::from_fn(|q| row(b + q));
+                let mut acc: [[f64; 8]; PAIR_TILE] = std::array::from_fn(|q| lanes[p + q]);
+                for j in (0..full).step_by(8) {
+                    let x: &[f64; 8] = ra[j..j + 8].try_into().unwrap_or(&[0.0; 8]);
+                    for q in 0..PAIR_TILE {
+                        let y: &[f64; 8] = rb[q][j..j + 8].try_into().unwrap_or(&[0.0; 8]);
+                        for l in 0..8 {
+                            let d = x[l] - y[l];
+                            acc[q][l] += d * d;
+                        }
+                    }
+                }
+                for j in full..len {
+                    for q in 0..PAIR_TILE {
+                        let d = ra[j] - rb[q][j];
+                        acc[q][j - full] += d * d;
+                    }
+                }
+                lanes[p..p + PAIR_TILE].copy_from_slice(&acc);
+            } else {
+                for q in 0..tile {
+                    let rb = row(b + q);
+                    let acc = &mut lanes[p + q];
+                    for (j, (x, y)) in ra.iter().zip(rb).enumerate() {
+                        let d = x - y;
+                        acc[j % 8] += d * d;
+                    }
+                }
+            }
+            p += tile;
+            b += tile;
+        }
     }
 }
 
@@ -577,3 +767,196 @@ impl<'a> Bulyan<'a> {
     }
 }
 simple_strategy_impl!(Bulyan, "bulyan");
+
+#[cfg(test)]
+mod tests {
+    //! The f32 fast paths against the generic f64 path, bit for bit.
+
+    use super::*;
+
+    struct Gen(u64);
+
+    impl Gen {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+
+        /// Values of one of several kinds: many ties, signed zeros, wide magnitudes with
+        /// mixed signs, arbitrary bit patterns (non-finite when `finite` is false).
+        fn value(&mut self, kind: u64, finite: bool) -> f32 {
+            let r = self.next();
+            let v = match kind % 5 {
+                0 => ((r % 9) as f32 - 4.0) * 0.25,
+                1 => [0.0f32, -0.0, 1.0, -1.0][(r % 4) as usize],
+                2 => ((r % 20001) as f32 - 10000.0) * 1e-4,
+                3 => {
+                    let m = ((r >> 8) % 1000) as f32 / 1000.0 + 1.0;
+                    let e = ((r >> 32) % 60) as i32 - 20;
+                    let s = if r & 1 == 0 { 1.0 } else { -1.0 };
+                    s * m * 10f32.powi(e)
+                }
+                _ => f32::from_bits(r as u32),
+            };
+            if finite && !v.is_finite() { 0.5 } else { v }
+        }
+    }
+
+    fn clients(g: &mut Gen, n: usize, d: usize, kind: u64, finite: bool) -> Vec<Model> {
+        (0..n)
+            .map(|_| {
+                let a: Vec<f32> = (0..d).map(|_| g.value(kind, finite)).collect();
+                ModelView::new(vec![TensorView::from_f32("w", vec![d], &a).unwrap()]).unwrap()
+            })
+            .collect()
+    }
+
+    fn kept<'a>(models: &'a [Model], clip: &[f64]) -> Vec<Kept<'a>> {
+        models
+            .iter()
+            .enumerate()
+            .map(|(i, m)| Kept {
+                client: format!("c{i:03}"),
+                model: m.view(),
+                num_examples: 1,
+                metrics: Metrics::new(),
+                clip_factor: clip.get(i).copied().unwrap_or(1.0),
+            })
+            .collect()
+    }
+
+    fn generic_median(clients: &[&Kept<'_>], global: Option<&ModelView<'_>>) -> Model {
+        coordinatewise(clients, global, |v, _| median_of(v)).unwrap()
+    }
+
+    fn generic_trimmed(clients: &[&Kept<'_>], global: Option<&ModelView<'_>>, cut: usize) -> Model {
+        let n = clients.len();
+        coordinatewise(clients, global, |v, dtype| {
+            let hi = n - cut - 1;
+            let kths: &[usize] = if hi == cut { &[cut] } else { &[cut, hi] };
+            numpy_partition(v, kths);
+            let kept = &v[cut..n - cut];
+            round_to_dtype(dtype, trimmed_sum(kept, dtype) / kept.len() as f64)
+        })
+        .unwrap()
+    }
+
+    fn bits(m: &Model) -> Vec<u8> {
+        m.tensors()[0].bytes().to_vec()
+    }
+
+    #[test]
+    fn fast_median_and_trimmed_mean_equal_the_generic_path() {
+        let mut g = Gen(0x9e37_79b9_7f4a_7c15);
+        let mut cases = 0;
+        for n in [1usize, 2, 3, 4, 5, 8, 11, 12, 25, 50, 51, 64, 127, 128, 129] {
+            for kind in 0..5 {
+                for finite in [true, false] {
+                    let d = [1usize, 15, 17, 300, 4100][(g.next() % 5) as usize];
+                    let models = clients(&mut g, n, d, kind, finite);
+                    let global = clients(&mut g, 1, d, kind, true).remove(0);
+                    let clip: Vec<f64> = (0..n)
+                        .map(|i| if i % 3 == 1 { 0.37 } else { 1.0 })
+                        .collect();
+                    for (clip, global) in [(&[][..], None), (&clip[..], Some(global.view()))] {
+                        let k = kept(&models, clip);
+                        let refs: Vec<&Kept<'_>> = k.iter().collect();
+                        let fast = median_model(&refs, global.as_ref()).unwrap();
+                        let slow = generic_median(&refs, global.as_ref());
+                        assert_eq!(bits(&fast), bits(&slow), "median n={n} kind={kind} d={d}");
+                        for beta in [0.0, 0.1, 0.2, 0.45] {
+                            let cut = (beta * n as f64) as usize;
+                            if 2 * cut >= n {
+                                continue;
+                            }
+                            let fast = trimmed_model(&refs, global.as_ref(), cut).unwrap();
+                            let slow = generic_trimmed(&refs, global.as_ref(), cut);
+                            assert_eq!(
+                                bits(&fast),
+                                bits(&slow),
+                                "trimmed n={n} cut={cut} kind={kind} d={d}"
+                            );
+                        }
+                        cases += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(cases, 15 * 5 * 2 * 2);
+    }
+
+    /// The distance pass as first written (gather, transpose, materialised differences,
+    /// `sum_sq` per block): the fast pass must give the same bits.
+    fn reference_distances(clients: &[&Kept<'_>], global: Option<&ModelView<'_>>) -> Vec<f64> {
+        use super::super::kernel::sum_sq;
+        let n = clients.len();
+        let pairs: Vec<(usize, usize)> = (0..n)
+            .flat_map(|i| (i + 1..n).map(move |j| (i, j)))
+            .collect();
+        let mut total = vec![0.0f64; pairs.len()];
+        for (t, spec) in clients[0].model.tensors().iter().enumerate() {
+            let g = global.map(|g| &g.tensors()[t]);
+            let numel = spec.numel();
+            let task_len = DIST_BLOCK * DIST_TASK_BLOCKS;
+            for task in 0..numel.div_ceil(task_len) {
+                let mut acc = vec![0.0f64; pairs.len()];
+                let (mut scratch, mut row) = (Vec::new(), Vec::new());
+                let end = ((task + 1) * task_len).min(numel);
+                let mut start = task * task_len;
+                while start < end {
+                    let len = DIST_BLOCK.min(end - start);
+                    gather_block(clients, t, g, start, len, &mut scratch, &mut row);
+                    for (p, &(a, b)) in pairs.iter().enumerate() {
+                        let diff: Vec<f64> = (0..len)
+                            .map(|j| scratch[j * n + a] - scratch[j * n + b])
+                            .collect();
+                        acc[p] += sum_sq(&diff);
+                    }
+                    start += len;
+                }
+                for (t, p) in total.iter_mut().zip(acc) {
+                    *t += p;
+                }
+            }
+        }
+        let mut distances = vec![0.0f64; n * n];
+        for (p, &(a, b)) in pairs.iter().enumerate() {
+            distances[a * n + b] = total[p];
+            distances[b * n + a] = total[p];
+        }
+        distances
+    }
+
+    #[test]
+    fn krum_distances_equal_the_reference_pass() {
+        let mut g = Gen(0x0123_4567_89ab_cdef);
+        for (n, d) in [
+            (2usize, 1usize),
+            (3, 9),
+            (5, 1030),
+            (7, 40_000),
+            (12, 2049),
+            (13, 300),
+        ] {
+            for kind in [2u64, 3] {
+                let models = clients(&mut g, n, d, kind, true);
+                let global = clients(&mut g, 1, d, kind, true).remove(0);
+                let clip: Vec<f64> = (0..n).map(|i| if i % 2 == 0 { 0.5 } else { 1.0 }).collect();
+                for (clip, global) in [(&[][..], None), (&clip[..], Some(global.view()))] {
+                    let k = kept(&models, clip);
+                    let refs: Vec<&Kept<'_>> = k.iter().collect();
+                    let fast = krum_scores(&refs, global.as_ref(), 1);
+                    let want = reference_distances(&refs, global.as_ref());
+                    let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(
+                        bits(&fast.distances),
+                        bits(&want),
+                        "n={n} d={d} kind={kind}"
+                    );
+                }
+            }
+        }
+    }
+}
