@@ -35,6 +35,49 @@ pub const POD_EXIT_US: u64 = 2 * SEC;
 /// Most controller passes at one virtual instant before the run is stopped as a livelock.
 pub const MAX_PASSES_PER_INSTANT: u32 = 1_000;
 
+/// Talos kubelet `systemReserved.cpu` default "50m" (siderolabs/talos
+/// `pkg/machinery/constants`: `KubeletSystemReservedCPU`, applied by the kubelet spec controller).
+pub const TALOS_SYSTEM_RESERVED_CPU_MILLIS: u64 = 50;
+/// Talos kubelet `systemReserved.memory` default on control-plane nodes, "512Mi" (siderolabs/talos
+/// `pkg/machinery/constants`: `KubeletSystemReservedMemoryControlPlane`).
+pub const TALOS_SYSTEM_RESERVED_MEMORY_CONTROL_PLANE_BYTES: u64 = 512 << 20;
+/// Talos kubelet `systemReserved.memory` default on workers, "384Mi" (siderolabs/talos
+/// `pkg/machinery/constants`: `KubeletSystemReservedMemoryWorker`).
+pub const TALOS_SYSTEM_RESERVED_MEMORY_WORKER_BYTES: u64 = 384 << 20;
+/// kubelet `evictionHard` default `memory.available<100Mi` (KubeletConfiguration reference). The
+/// Node Allocatable docs: allocatable = capacity - kube-reserved - system-reserved - the hard
+/// eviction threshold. K3s and kubeadm set no reservations by default, only this threshold.
+pub const KUBELET_EVICTION_HARD_MEMORY_BYTES: u64 = 100 << 20;
+
+/// What the scheduler may hand out on a node of `cpu`/`memory` capacity: the capacity less the
+/// distribution's kubelet reservations and the hard eviction threshold.
+pub fn allocatable(
+    distribution: Distribution,
+    control_plane: bool,
+    cpu: Cpu,
+    memory: Bytes,
+) -> (Cpu, Bytes) {
+    let (cpu_reserved, mem_reserved) = match distribution {
+        Distribution::Talos if control_plane => (
+            TALOS_SYSTEM_RESERVED_CPU_MILLIS,
+            TALOS_SYSTEM_RESERVED_MEMORY_CONTROL_PLANE_BYTES,
+        ),
+        Distribution::Talos => (
+            TALOS_SYSTEM_RESERVED_CPU_MILLIS,
+            TALOS_SYSTEM_RESERVED_MEMORY_WORKER_BYTES,
+        ),
+        Distribution::K3s | Distribution::Kubeadm => (0, 0),
+    };
+    (
+        Cpu(cpu.0.saturating_sub(cpu_reserved)),
+        Bytes(
+            memory
+                .0
+                .saturating_sub(mem_reserved + KUBELET_EVICTION_HARD_MEMORY_BYTES),
+        ),
+    )
+}
+
 /// A node (VM and Node object).
 #[derive(Debug, Clone)]
 pub struct Node {
@@ -42,10 +85,14 @@ pub struct Node {
     pub name: String,
     /// Roles.
     pub roles: Vec<Role>,
-    /// Allocatable CPU.
+    /// Allocatable CPU (capacity less kubelet reservations, see [`allocatable`]).
     pub cpu: Cpu,
-    /// Allocatable memory.
+    /// Allocatable memory (capacity less reservations and the hard eviction threshold).
     pub memory: Bytes,
+    /// CPU capacity of the VM (the topology's number).
+    pub capacity_cpu: Cpu,
+    /// Memory capacity of the VM.
+    pub capacity_memory: Bytes,
     /// Network group.
     pub group: String,
     /// Labels.
@@ -186,6 +233,11 @@ pub struct Workload {
     /// Desired pods (DaemonSet: eligible nodes).
     pub desired: u32,
     was_ready: bool,
+    /// Deployment: its ReplicaSet exists. The Deployment controller creates the ReplicaSet and
+    /// the ReplicaSet controller creates the pods, one controller pass later; StatefulSet and
+    /// DaemonSet controllers create pods directly. So the scheduler's queue (ordered by priority,
+    /// then creation time) sees a Deployment's pods after pods created in the same pass.
+    replica_set: bool,
 }
 
 /// A Service selecting one workload's pods.
@@ -396,11 +448,19 @@ impl Cluster {
                 {
                     taints.insert(TAINT_CONTROL_PLANE.into(), TaintEffect::NoSchedule);
                 }
+                let (cpu, memory) = allocatable(
+                    topo.distribution,
+                    n.roles.contains(&Role::ControlPlane),
+                    n.cpu,
+                    n.memory,
+                );
                 Node {
                     name: n.name.clone(),
                     roles: n.roles.clone(),
-                    cpu: n.cpu,
-                    memory: n.memory,
+                    cpu,
+                    memory,
+                    capacity_cpu: n.cpu,
+                    capacity_memory: n.memory,
                     group: n.group.clone(),
                     labels: n.labels.clone(),
                     powered: false,
@@ -472,6 +532,7 @@ impl Cluster {
                         ready_replicas: 0,
                         desired: 0,
                         was_ready: false,
+                        replica_set: false,
                     },
                 );
             }
@@ -710,6 +771,7 @@ impl World {
                                 ready_replicas: 0,
                                 desired: 0,
                                 was_ready: false,
+                                replica_set: false,
                             },
                         );
                     }
@@ -1663,6 +1725,14 @@ impl World {
             .collect();
         let mut quota_error = None;
         match spec.kind {
+            WorkloadKind::Deployment if !w.replica_set => {
+                // the Deployment controller creates the ReplicaSet; its pods come next pass
+                if let Some(w) = self.cluster.workloads.get_mut(key) {
+                    w.replica_set = true;
+                }
+                self.changed();
+                return;
+            }
             WorkloadKind::Deployment => {
                 let mut active: Vec<&Pod> = owned.iter().filter(|p| p.deleting.is_none()).collect();
                 let want = spec.replicas as usize;
@@ -1898,7 +1968,7 @@ impl World {
                 .unwrap_or(0);
             if p.cpu.0 > max_cpu || p.memory.0 > max_mem {
                 reason.push_str(&format!(
-                    " The pod requests {} CPU / {} memory, more than any node has ({} CPU / {} memory): it can never fit.",
+                    " The pod requests {} CPU / {} memory, more than any node can allocate ({} CPU / {} memory): it can never fit.",
                     p.cpu,
                     p.memory,
                     Cpu(max_cpu),

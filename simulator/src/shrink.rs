@@ -104,6 +104,30 @@ pub fn shrink(
     (cur, runs)
 }
 
+/// Why a run did not recover. `kind` names the check that failed (`invariant:<name>`,
+/// `api-unavailable`, `etcd-no-quorum`, `nodes-not-ready`): shrinking keeps only schedules that
+/// fail with the same kind, so it never trades the bug it was given for another one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoveryFailure {
+    /// The failing check.
+    pub kind: String,
+    /// What was seen, with names.
+    pub message: String,
+}
+
+impl std::fmt::Display for RecoveryFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "[{}] {}", self.kind, self.message)
+    }
+}
+
+fn failure(kind: impl Into<String>, message: impl Into<String>) -> RecoveryFailure {
+    RecoveryFailure {
+        kind: kind.into(),
+        message: message.into(),
+    }
+}
+
 /// The property `cargo xtask sim --shrink` checks: after the faults and `settle` of quiet time,
 /// the cluster has recovered (API up, etcd quorum where etcd is used, every node that is powered
 /// Ready) and no invariant was violated. Returns the failure, if any.
@@ -112,19 +136,25 @@ pub fn recovery_failure(
     seed: u64,
     options: &SimOptions,
     settle: Time,
-) -> Option<String> {
+) -> Option<RecoveryFailure> {
     let mut sim = crate::Sim::new(topo.clone(), seed, options.clone());
     let last = options.faults.iter().map(|f| f.at).max().unwrap_or(0);
     let _ = sim.run_until(last + settle);
     if let Some(v) = sim.violation() {
-        return Some(v.to_string());
+        return Some(failure(format!("invariant:{}", v.invariant), v.to_string()));
     }
     let w = sim.world();
     if !w.api_available() {
-        return Some("kubernetes api unavailable after settling".into());
+        return Some(failure(
+            "api-unavailable",
+            "kubernetes api unavailable after settling",
+        ));
     }
     if topo.datastore == Datastore::Etcd && !w.etcd_status().quorum {
-        return Some("etcd has no quorum after settling".into());
+        return Some(failure(
+            "etcd-no-quorum",
+            "etcd has no quorum after settling",
+        ));
     }
     let down: Vec<&str> = w
         .nodes()
@@ -133,10 +163,54 @@ pub fn recovery_failure(
         .map(|n| n.name.as_str())
         .collect();
     if !down.is_empty() {
-        return Some(format!(
-            "powered nodes not Ready after settling: {}",
-            down.join(", ")
+        return Some(failure(
+            "nodes-not-ready",
+            format!(
+                "powered nodes not Ready after settling: {}",
+                down.join(", ")
+            ),
         ));
     }
     None
+}
+
+/// A shrunk schedule: the failure it was shrunk for, the smallest schedule that still fails the
+/// same way, that schedule's own failure, and the runs spent.
+#[derive(Debug, Clone)]
+pub struct Shrunk {
+    /// The failure of the full schedule.
+    pub original: RecoveryFailure,
+    /// The minimal schedule.
+    pub faults: Vec<ScheduledFault>,
+    /// Its failure (same `kind` as `original`).
+    pub failure: RecoveryFailure,
+    /// Simulation runs spent shrinking.
+    pub runs: usize,
+}
+
+/// Shrinks the fault schedule of `options` to a minimal one that fails [`recovery_failure`] with
+/// the same failure kind. `None` when the full schedule recovers (nothing to shrink).
+pub fn shrink_recovery(
+    topo: &Topology,
+    seed: u64,
+    options: &SimOptions,
+    settle: Time,
+) -> Option<Shrunk> {
+    let original = recovery_failure(topo, seed, options, settle)?;
+    let with = |faults: &[ScheduledFault]| SimOptions {
+        faults: faults.to_vec(),
+        ..options.clone()
+    };
+    let (faults, runs) = shrink(&options.faults, |cand| {
+        recovery_failure(topo, seed, &with(cand), settle).is_some_and(|f| f.kind == original.kind)
+    });
+    // `shrink` only keeps candidates that failed the same way, and the full schedule did.
+    let failure =
+        recovery_failure(topo, seed, &with(&faults), settle).unwrap_or_else(|| original.clone());
+    Some(Shrunk {
+        original,
+        faults,
+        failure,
+        runs,
+    })
 }

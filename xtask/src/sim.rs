@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use simulator::fault::{faults_json, parse_faults_json};
-use simulator::shrink::{random_faults, recovery_failure, shrink};
+use simulator::shrink::{random_faults, shrink_recovery};
 use simulator::timings::{MIN, SEC};
 use simulator::{Sim, SimOptions, Stop, Topology, WorkloadOverride};
 
@@ -111,7 +111,7 @@ pub fn run(args: Vec<String>) -> Result<()> {
 
     if do_shrink {
         let settle = 15 * MIN;
-        let Some(failure) = recovery_failure(&topo, seed, &options, settle) else {
+        let Some(sh) = shrink_recovery(&topo, seed, &options, settle) else {
             println!(
                 "seed {seed}: the cluster recovers from all {} faults; nothing to shrink",
                 options.faults.len()
@@ -119,28 +119,24 @@ pub fn run(args: Vec<String>) -> Result<()> {
             return Ok(());
         };
         println!(
-            "seed {seed}: {} faults, failure: {failure}",
-            options.faults.len()
+            "seed {seed}: {} faults, failure: {}",
+            options.faults.len(),
+            sh.original
         );
-        let (min, runs) = shrink(&options.faults, |cand| {
-            let mut o = options.clone();
-            o.faults = cand.to_vec();
-            recovery_failure(&topo, seed, &o, settle).is_some()
-        });
-        println!("shrunk to {} fault(s) in {runs} runs:", min.len());
-        for f in &min {
+        println!(
+            "shrunk to {} fault(s) in {} runs, keeping only schedules that fail with [{}]:",
+            sh.faults.len(),
+            sh.runs,
+            sh.original.kind
+        );
+        for f in &sh.faults {
             println!("  {f}");
         }
-        let mut o = options.clone();
-        o.faults = min.clone();
-        println!(
-            "failure: {}",
-            recovery_failure(&topo, seed, &o, settle).unwrap_or_default()
-        );
+        println!("failure: {}", sh.failure);
         println!(
             "repro: cargo xtask sim --topology {} --seed {seed} --faults-json '{}'",
             topo.name,
-            faults_json(&min)
+            faults_json(&sh.faults)
         );
         return Ok(());
     }

@@ -6,6 +6,7 @@ mod etcd;
 mod extension;
 mod gitops;
 mod gitops_models;
+mod restore;
 mod shrinking;
 mod topologies;
 

@@ -1,8 +1,15 @@
-use simulator::shrink::{random_faults, recovery_failure, shrink};
+use simulator::shrink::{random_faults, recovery_failure, shrink, shrink_recovery};
 use simulator::timings::MIN;
-use simulator::{Fault, ScheduledFault, SimOptions};
+use simulator::{Fault, Process, ScheduledFault, SimOptions};
 
 use crate::topo;
+
+fn opts(f: &[ScheduledFault]) -> SimOptions {
+    SimOptions {
+        faults: f.to_vec(),
+        ..SimOptions::default()
+    }
+}
 
 #[test]
 fn shrinking_keeps_only_the_faults_that_break_recovery() {
@@ -26,10 +33,6 @@ fn shrinking_keeps_only_the_faults_that_break_recovery() {
     );
     faults.sort_by_key(|f| f.at);
     let settle = 15 * MIN;
-    let opts = |f: &[ScheduledFault]| SimOptions {
-        faults: f.to_vec(),
-        ..SimOptions::default()
-    };
     assert!(recovery_failure(&t, 3, &opts(&faults), settle).is_some());
     let (min, runs) = shrink(&faults, |c| {
         recovery_failure(&t, 3, &opts(c), settle).is_some()
@@ -43,4 +46,50 @@ fn shrinking_keeps_only_the_faults_that_break_recovery() {
             assert!(recovery_failure(&t, 3, &opts(std::slice::from_ref(f)), settle).is_none());
         }
     }
+}
+
+/// r_shrink_same_failure: a schedule that breaks recovery in one way (two etcd members lost: no
+/// API) contains a fault that breaks it in another way on its own (a kubelet killed for good:
+/// a node never Ready). Shrinking must keep the original failure, not slide to the other one.
+#[test]
+fn r_shrink_same_failure() {
+    let t = topo("mlworkbench-kvm");
+    let faults = vec![
+        ScheduledFault {
+            at: 10 * MIN,
+            fault: Fault::KillProcess {
+                node: "talos-k8s-1".into(),
+                process: Process::Kubelet,
+            },
+        },
+        ScheduledFault {
+            at: 20 * MIN,
+            fault: Fault::EtcdMemberLoss {
+                node: "talos-k8s-2".into(),
+            },
+        },
+        ScheduledFault {
+            at: 25 * MIN,
+            fault: Fault::EtcdMemberLoss {
+                node: "talos-k8s-3".into(),
+            },
+        },
+    ];
+    let settle = 15 * MIN;
+    let full = recovery_failure(&t, 5, &opts(&faults), settle).expect("the schedule fails");
+    assert_eq!(full.kind, "api-unavailable", "{full}");
+    // the kubelet kill alone fails too, but differently
+    let alone = recovery_failure(&t, 5, &opts(&faults[..1]), settle).expect("kubelet kill fails");
+    assert_eq!(alone.kind, "nodes-not-ready", "{alone}");
+
+    let sh = shrink_recovery(&t, 5, &opts(&faults), settle).expect("something to shrink");
+    assert_eq!(sh.original, full);
+    assert_eq!(sh.failure.kind, full.kind, "shrunk to {:?}", sh.faults);
+    let losses = sh
+        .faults
+        .iter()
+        .filter(|f| matches!(f.fault, Fault::EtcdMemberLoss { .. }))
+        .count();
+    assert_eq!(sh.faults.len(), 2, "shrunk to {:?}", sh.faults);
+    assert_eq!(losses, 2, "shrunk to {:?}", sh.faults);
 }
