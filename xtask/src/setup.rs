@@ -7,15 +7,25 @@ use anyhow::{Context, Result, bail};
 
 const USAGE: &str = "usage: cargo xtask setup <what>
 
-  ci     what the test suite and CI need: chromium (the report.html browser test) and
-         libxml2-utils (xmllint, the junit.xml schema test)
+  ci     what the test suite and CI need: chromium (the report.html browser test),
+         libxml2-utils (xmllint, the junit.xml schema test), postgresql (the coordinator's
+         PostgreSQL metadata test) and an S3-compatible server (moto's, from PyPI, in a venv
+         under target/tools/s3) for the coordinator's `--store s3://` test
 ";
 
 /// Debian packages per target.
 const CI_PACKAGES: &[(&str, &str)] = &[
     ("chromium", "headless browser for the report.html test"),
     ("libxml2-utils", "xmllint for the JUnit XML schema test"),
+    (
+        "postgresql",
+        "PostgreSQL for the coordinator's --database test",
+    ),
+    ("python3-venv", "a venv for the S3-compatible test server"),
 ];
+
+/// The S3-compatible server the `--store s3://` tests start: moto's, pinned, from PyPI.
+const S3_SERVER_PIP: &str = "moto[server]==5.2.5";
 
 pub fn run(args: Vec<String>) -> Result<()> {
     let Some(what) = args.first() else {
@@ -23,7 +33,10 @@ pub fn run(args: Vec<String>) -> Result<()> {
         bail!("`cargo xtask setup` needs a target");
     };
     match what.as_str() {
-        "ci" => install(CI_PACKAGES),
+        "ci" => {
+            install(CI_PACKAGES)?;
+            s3_server()
+        }
         "-h" | "--help" => {
             print!("{USAGE}");
             Ok(())
@@ -113,5 +126,35 @@ fn install(pkgs: &[(&str, &str)]) -> Result<()> {
         );
     }
     println!("setup: installed {}", missing.join(", "));
+    Ok(())
+}
+
+/// A venv under `target/tools/s3` with moto's S3 server (`bin/moto_server`); idempotent.
+fn s3_server() -> Result<()> {
+    let venv = crate::workspace_root().join("target/tools/s3");
+    let bin = venv.join("bin/moto_server");
+    if bin.exists() {
+        println!("setup: moto_server    installed ({})", bin.display());
+        return Ok(());
+    }
+    let run = |cmd: &mut Command| -> Result<()> {
+        println!("setup: {cmd:?}");
+        let status = cmd
+            .status()
+            .with_context(|| format!("failed to run {cmd:?}"))?;
+        if !status.success() {
+            bail!("{cmd:?} failed with {status}");
+        }
+        Ok(())
+    };
+    run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    run(Command::new(venv.join("bin/pip")).args(["install", "-q", S3_SERVER_PIP]))?;
+    if !bin.exists() {
+        bail!(
+            "pip installed {S3_SERVER_PIP} but {} is missing",
+            bin.display()
+        );
+    }
+    println!("setup: installed {S3_SERVER_PIP} in {}", venv.display());
     Ok(())
 }

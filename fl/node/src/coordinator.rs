@@ -69,6 +69,14 @@ pub struct Args {
     /// Metadata database: `sqlite://PATH` (default: DATA_DIR/meta.sqlite) or `postgres://...`.
     #[arg(long)]
     pub database: Option<String>,
+    /// Where models and updates are durable: the data dir (default) or `s3://BUCKET[/PREFIX]`
+    /// (then the data dir is a cache; S3 settings from the standard `AWS_*` variables).
+    #[arg(long)]
+    pub store: Option<String>,
+    /// An S3 setting by object_store's name, repeatable: `--store-option endpoint=URL`,
+    /// `allow_http=true`, `region=...`, `access_key_id=...`, `secret_access_key=...`.
+    #[arg(long = "store-option", value_parser = parse_kv)]
+    pub store_options: Vec<(String, String)>,
     /// Aggregation strategy (fl-core names: fedavg, fedprox, fedavgm, fedadam, krum, ...).
     #[arg(long, default_value = "fedavg")]
     pub strategy: String,
@@ -152,7 +160,7 @@ pub struct Args {
     pub addr_file: Option<PathBuf>,
 }
 
-fn parse_kv(s: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_kv(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .ok_or_else(|| format!("`{s}` is not KEY=VALUE"))
@@ -237,7 +245,8 @@ pub async fn shutdown_signal() {
 
 async fn start(args: &Args) -> Result<(Arc<App>, tokio::net::TcpListener)> {
     let arch = modelio::parse_arch(&args.model)?;
-    let blobs = Blobs::open(&args.data_dir)?;
+    let blobs = Blobs::open(&args.data_dir, args.store.as_deref(), &args.store_options)?;
+    tracing::info!(store = %blobs.describe(), "blobs are durable here");
     let db = args
         .database
         .clone()
@@ -608,12 +617,15 @@ impl App {
         base: &str,
         updates: &[AcceptedUpdate],
     ) -> Result<(String, u64, FlMetrics)> {
-        let gmap = map_file(&self.blobs.model_path(base))?;
+        let gmap = self.blobs.map(&self.blobs.model_path(base))?;
         let umaps: Vec<memmap2::Mmap> = updates
             .iter()
-            .map(|u| map_file(&self.blobs.update_path(round, &u.client.0, &u.update_id.0)))
+            .map(|u| {
+                self.blobs
+                    .map(&self.blobs.update_path(round, &u.client.0, &u.update_id.0))
+            })
             .collect::<Result<_>>()?;
-        let prev_state = previous_state_path(&self.blobs, machine, round);
+        let prev_state = previous_state_path(&self.blobs, machine, round)?;
         let state_bytes = match &prev_state {
             Some(p) => Some(
                 std::fs::read(p)
@@ -657,7 +669,7 @@ impl App {
             .eval
             .as_ref()
             .context("centralised evaluation asked without --eval-data")?;
-        let m = map_file(&self.blobs.model_path(digest))?;
+        let m = self.blobs.map(&self.blobs.model_path(digest))?;
         let model = ModelView::from_safetensors_labeled(&m, "global model")?;
         let params = modelio::to_params(self.arch, &model)?;
         let e = Trainer::new(self.arch).evaluate(&params, data)?;
@@ -669,15 +681,26 @@ impl App {
 }
 
 /// The strategy state saved after the last aggregated round before `round`.
-pub fn previous_state_path(blobs: &Blobs, machine: &Coordinator, round: u64) -> Option<PathBuf> {
-    machine
+pub fn previous_state_path(
+    blobs: &Blobs,
+    machine: &Coordinator,
+    round: u64,
+) -> Result<Option<PathBuf>> {
+    let Some(p) = machine
         .history()
         .iter()
         .rev()
         .filter(|r| r.round < round && r.aggregated())
         .map(|r| blobs.strategy_state_path(r.round))
         .next()
-        .filter(|p| p.exists())
+    else {
+        return Ok(None);
+    };
+    if !blobs.exists(&p)? {
+        return Ok(None);
+    }
+    blobs.ensure_local(&p)?;
+    Ok(Some(p))
 }
 
 pub fn map_file(p: &Path) -> Result<memmap2::Mmap> {
@@ -850,6 +873,7 @@ async fn model_latest(
         )
     };
     let path = app.blobs.model_path(&digest);
+    tokio::task::block_in_place(|| app.blobs.ensure_local(&path)).map_err(ApiError::internal)?;
     let file = tokio::fs::File::open(&path)
         .await
         .map_err(ApiError::internal)?;
@@ -1067,7 +1091,9 @@ async fn upload_inner(
     let umap = map_file(&tmp).map_err(ApiError::internal)?;
     let view = ModelView::from_safetensors_labeled(&umap, &client).map_err(fl_error_to_api)?;
     if round == cur_round && fit_open {
-        let gmap = map_file(&app.blobs.model_path(&global_digest)).map_err(ApiError::internal)?;
+        let gmap =
+            tokio::task::block_in_place(|| app.blobs.map(&app.blobs.model_path(&global_digest)))
+                .map_err(ApiError::internal)?;
         let global = ModelView::from_safetensors_labeled(&gmap, "global model")
             .map_err(ApiError::internal)?;
         let mut c = Collector::new(
@@ -1085,7 +1111,9 @@ async fn upload_inner(
 
     // 3. Move into place under its content id, durably.
     let dest = app.blobs.update_path(round, &client, &update_id);
-    tokio::task::block_in_place(|| commit(&tmp, &dest)).map_err(ApiError::internal)?;
+    // Durable in the bucket too (with --store s3://...) before the machine may accept it.
+    tokio::task::block_in_place(|| commit(&tmp, &dest).and_then(|()| app.blobs.persist(&dest)))
+        .map_err(ApiError::internal)?;
     guard.0 = None;
 
     // 4. The machine decides; its state is committed before we answer.
@@ -1277,7 +1305,8 @@ async fn inference(
             core.machine.global_digest().to_owned(),
         )
     };
-    let m = map_file(&app.blobs.model_path(&digest)).map_err(ApiError::internal)?;
+    let m = tokio::task::block_in_place(|| app.blobs.map(&app.blobs.model_path(&digest)))
+        .map_err(ApiError::internal)?;
     let model =
         ModelView::from_safetensors_labeled(&m, "global model").map_err(ApiError::internal)?;
     let params = modelio::to_params(app.arch, &model).map_err(ApiError::internal)?;

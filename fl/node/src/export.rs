@@ -14,7 +14,7 @@ use clap::Parser;
 use fl_core::ModelView;
 use fl_core::round::{Coordinator, CoordinatorState, FitOutcome, RoundConfig};
 
-use crate::coordinator::{map_file, previous_state_path, round_seed};
+use crate::coordinator::{previous_state_path, round_seed};
 use crate::store::{Blobs, Meta};
 
 #[derive(Parser, Debug)]
@@ -28,6 +28,12 @@ struct Args {
     /// Metadata database (default: DATA_DIR/meta.sqlite).
     #[arg(long)]
     database: Option<String>,
+    /// The coordinator's `--store s3://BUCKET[/PREFIX]`, when its blobs live in S3.
+    #[arg(long)]
+    store: Option<String>,
+    /// S3 settings as for the coordinator (`--store-option endpoint=URL`, ...).
+    #[arg(long = "store-option", value_parser = crate::coordinator::parse_kv)]
+    store_options: Vec<(String, String)>,
     #[arg(long)]
     round: u64,
     #[arg(long)]
@@ -44,6 +50,7 @@ struct StoredConfig {
 
 pub fn run(args: Vec<String>) -> Result<()> {
     let a = Args::try_parse_from(std::iter::once("fl export-round".to_owned()).chain(args))?;
+    crate::tls::install_crypto_provider();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -75,12 +82,12 @@ pub fn run(args: Vec<String>) -> Result<()> {
             rec.fit
         );
     };
-    let blobs = Blobs::at(&a.data_dir);
+    let blobs = Blobs::at(&a.data_dir, a.store.as_deref(), &a.store_options)?;
     std::fs::create_dir_all(a.to.join("global"))
         .with_context(|| format!("creating {}", a.to.display()))?;
     for (client, u) in &rec.accepted {
         let src = blobs.update_path(a.round, &client.0, &u.update_id.0);
-        let m = map_file(&src)?;
+        let m = blobs.map(&src)?;
         let mut model = ModelView::from_safetensors_labeled(&m, &client.0)?;
         model.set_metadata("num_examples", u.num_examples.to_string());
         model.set_metadata("round", a.round.to_string());
@@ -92,9 +99,10 @@ pub fn run(args: Vec<String>) -> Result<()> {
             .with_context(|| format!("writing {}", out.display()))?;
     }
     let base = a.to.join("global").join("base.safetensors");
+    blobs.ensure_local(&blobs.model_path(&rec.base_digest))?;
     std::fs::copy(blobs.model_path(&rec.base_digest), &base)
         .with_context(|| format!("writing {}", base.display()))?;
-    let state_file = previous_state_path(&blobs, &machine, a.round);
+    let state_file = previous_state_path(&blobs, &machine, a.round)?;
     if let Some(p) = &state_file {
         std::fs::copy(p, a.to.join("global").join("strategy-state.safetensors"))?;
     }

@@ -14,27 +14,191 @@
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
+use futures_util::StreamExt;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::path::Path as ObjPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 use rusqlite::{Connection, OptionalExtension, params};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// The blob side: paths and durable writes.
+/// The blob side: paths and durable writes. With `--store s3://BUCKET[/PREFIX]` the bucket is
+/// where blobs are durable and the data dir is a cache of it: every blob is written locally
+/// (tmp, fsync, rename), then put to the bucket before the caller goes on (an upload is
+/// acknowledged only after that), and a blob missing locally (a fresh data dir after a restart
+/// elsewhere) is fetched from the bucket before it is read.
 #[derive(Debug, Clone)]
 pub struct Blobs {
     root: PathBuf,
+    remote: Option<Remote>,
+}
+
+/// An S3 bucket (any S3-compatible store) holding the blobs under their data-dir-relative keys.
+#[derive(Clone)]
+pub struct Remote {
+    store: Arc<dyn ObjectStore>,
+    prefix: ObjPath,
+    url: String,
+}
+
+impl std::fmt::Debug for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.url)
+    }
+}
+
+/// Blobs at least this large go up as a multipart upload in parts of this size (S3's minimum
+/// part size is 5 MiB; AWS S3 docs, "Amazon S3 multipart upload limits"), read from the file a
+/// part at a time so a large model is never held whole in memory.
+const MULTIPART_PART_BYTES: usize = 8 << 20;
+
+impl Remote {
+    /// `s3://BUCKET[/PREFIX]`; credentials, region and endpoint come from the standard
+    /// `AWS_*` environment variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+    /// `AWS_REGION`, `AWS_ENDPOINT` for an S3-compatible server, `AWS_ALLOW_HTTP=true` for a
+    /// plain-HTTP one).
+    /// `options` are object_store's S3 settings by name (`endpoint`, `region`,
+    /// `access_key_id`, `secret_access_key`, `allow_http`, ...), over the environment's.
+    pub fn open(url: &str, options: &[(String, String)]) -> Result<Self> {
+        let rest = url
+            .strip_prefix("s3://")
+            .with_context(|| format!("--store {url}: expected s3://BUCKET[/PREFIX]"))?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            bail!("--store {url}: the bucket name is empty (expected s3://BUCKET[/PREFIX])");
+        }
+        let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+        for (k, v) in options {
+            let key: AmazonS3ConfigKey = k.parse().with_context(|| {
+                format!("--store-option {k}={v}: `{k}` is not an S3 setting (endpoint, region, access_key_id, secret_access_key, allow_http, ...)")
+            })?;
+            builder = builder.with_config(key, v);
+        }
+        let store = builder
+            .build()
+            .with_context(|| format!("--store {url}: configuring the S3 client"))?;
+        Ok(Self {
+            store: Arc::new(store),
+            prefix: ObjPath::from(prefix.trim_matches('/')),
+            url: url.to_owned(),
+        })
+    }
+
+    /// `s3://BUCKET/KEY` for messages.
+    fn show(&self, key: &ObjPath) -> String {
+        let bucket = self.url["s3://".len()..]
+            .split('/')
+            .next()
+            .unwrap_or_default();
+        format!("s3://{bucket}/{key}")
+    }
+
+    fn key(&self, rel: &Path) -> Result<ObjPath> {
+        let mut parts: Vec<String> = self.prefix.parts().map(|p| p.as_ref().to_owned()).collect();
+        for c in rel.components() {
+            parts.push(
+                c.as_os_str()
+                    .to_str()
+                    .with_context(|| format!("blob path {} is not UTF-8", rel.display()))?
+                    .to_owned(),
+            );
+        }
+        Ok(ObjPath::from_iter(parts))
+    }
+
+    async fn put_file(&self, local: &Path, key: &ObjPath) -> Result<()> {
+        let ctx = || format!("putting {} to {}", local.display(), self.show(key));
+        let len = tokio::fs::metadata(local).await.with_context(ctx)?.len();
+        if len < MULTIPART_PART_BYTES as u64 {
+            let bytes = tokio::fs::read(local).await.with_context(ctx)?;
+            self.store
+                .put(key, PutPayload::from(bytes))
+                .await
+                .with_context(ctx)?;
+            return Ok(());
+        }
+        let upload = self.store.put_multipart(key).await.with_context(ctx)?;
+        let mut w = WriteMultipart::new_with_chunk_size(upload, MULTIPART_PART_BYTES);
+        let mut f = tokio::fs::File::open(local).await.with_context(ctx)?;
+        let mut buf = vec![0u8; MULTIPART_PART_BYTES];
+        loop {
+            let n = f.read(&mut buf).await.with_context(ctx)?;
+            if n == 0 {
+                break;
+            }
+            // At most two parts in flight: memory stays bounded whatever the blob's size.
+            w.wait_for_capacity(2).await.with_context(ctx)?;
+            w.write(&buf[..n]);
+        }
+        w.finish().await.with_context(ctx)?;
+        Ok(())
+    }
+
+    /// Streams `key` into `tmp`, fsynced. `Ok(false)` when the bucket has no such key.
+    async fn get_file(&self, key: &ObjPath, tmp: &Path) -> Result<bool> {
+        let ctx = || format!("getting {}", self.show(key));
+        let got = match self.store.get(key).await {
+            Ok(g) => g,
+            Err(object_store::Error::NotFound { .. }) => return Ok(false),
+            Err(e) => return Err(e).with_context(ctx),
+        };
+        let mut f = tokio::fs::File::create(tmp)
+            .await
+            .with_context(|| format!("creating {}", tmp.display()))?;
+        let mut stream = got.into_stream();
+        while let Some(chunk) = stream.next().await {
+            f.write_all(&chunk.with_context(ctx)?)
+                .await
+                .with_context(|| format!("writing {}", tmp.display()))?;
+        }
+        f.sync_all()
+            .await
+            .with_context(|| format!("fsync {}", tmp.display()))?;
+        Ok(true)
+    }
+
+    async fn exists(&self, key: &ObjPath) -> Result<bool> {
+        match self.store.head(key).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e).with_context(|| format!("head {}", self.show(key))),
+        }
+    }
+}
+
+/// Runs `f` to completion from sync code: inside the coordinator's multi-thread runtime without
+/// stalling its other tasks, or on a private runtime in a command that has none.
+fn block_on<F: std::future::Future<Output = Result<T>>, T>(f: F) -> Result<T> {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) => tokio::task::block_in_place(|| h.block_on(f)),
+        Err(_) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting a runtime for the object store")?
+            .block_on(f),
+    }
 }
 
 impl Blobs {
-    /// Opens the store without touching `tmp/` (for readers such as `fl export-round`).
-    pub fn at(root: &Path) -> Self {
-        Self {
-            root: root.to_owned(),
+    /// Opens the store for a reader such as `fl export-round` (creates only `tmp/`, for blobs
+    /// fetched from the bucket).
+    pub fn at(root: &Path, store: Option<&str>, options: &[(String, String)]) -> Result<Self> {
+        let remote = store.map(|u| Remote::open(u, options)).transpose()?;
+        if remote.is_some() {
+            std::fs::create_dir_all(root.join("tmp"))
+                .with_context(|| format!("creating {}", root.join("tmp").display()))?;
         }
+        Ok(Self {
+            root: root.to_owned(),
+            remote,
+        })
     }
 
     /// Opens the store for the coordinator: creates the layout and clears `tmp/`.
-    pub fn open(root: &Path) -> Result<Self> {
+    pub fn open(root: &Path, store: Option<&str>, options: &[(String, String)]) -> Result<Self> {
+        let remote = store.map(|u| Remote::open(u, options)).transpose()?;
         for d in ["models", "updates", "strategy", "tmp"] {
             std::fs::create_dir_all(root.join(d))
                 .with_context(|| format!("creating {}", root.join(d).display()))?;
@@ -47,7 +211,77 @@ impl Blobs {
         }
         Ok(Self {
             root: root.to_owned(),
+            remote,
         })
+    }
+
+    /// Where blobs are durable, for messages: the bucket URL or the data dir.
+    pub fn describe(&self) -> String {
+        match &self.remote {
+            Some(r) => r.url.clone(),
+            None => self.root.display().to_string(),
+        }
+    }
+
+    fn key(&self, remote: &Remote, local: &Path) -> Result<ObjPath> {
+        let rel = local.strip_prefix(&self.root).with_context(|| {
+            format!(
+                "{} is not under the data dir {}",
+                local.display(),
+                self.root.display()
+            )
+        })?;
+        remote.key(rel)
+    }
+
+    /// Makes a complete local blob durable in the bucket (nothing to do without one).
+    pub fn persist(&self, local: &Path) -> Result<()> {
+        let Some(r) = &self.remote else {
+            return Ok(());
+        };
+        let key = self.key(r, local)?;
+        block_on(r.put_file(local, &key))
+    }
+
+    /// Makes sure the blob is in the local cache, fetching it from the bucket if needed.
+    pub fn ensure_local(&self, local: &Path) -> Result<()> {
+        if local.exists() {
+            return Ok(());
+        }
+        let Some(r) = &self.remote else {
+            bail!("blob {} is missing from the data dir", local.display());
+        };
+        let key = self.key(r, local)?;
+        let tmp = self.tmp_path();
+        if !block_on(r.get_file(&key, &tmp))? {
+            let _ = std::fs::remove_file(&tmp);
+            bail!(
+                "blob {} is missing from the data dir and from {}",
+                local.display(),
+                r.url
+            );
+        }
+        commit(&tmp, local)
+    }
+
+    /// Whether the blob exists locally or in the bucket.
+    pub fn exists(&self, local: &Path) -> Result<bool> {
+        if local.exists() {
+            return Ok(true);
+        }
+        match &self.remote {
+            Some(r) => {
+                let key = self.key(r, local)?;
+                block_on(r.exists(&key))
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Memory-maps a blob, fetching it from the bucket first when the cache lacks it.
+    pub fn map(&self, local: &Path) -> Result<memmap2::Mmap> {
+        self.ensure_local(local)?;
+        crate::coordinator::map_file(local)
     }
 
     pub fn model_path(&self, digest: &str) -> PathBuf {
@@ -88,7 +322,8 @@ impl Blobs {
         f.sync_all()
             .with_context(|| format!("fsync {}", tmp.display()))?;
         drop(f);
-        commit(&tmp, dest)
+        commit(&tmp, dest)?;
+        self.persist(dest)
     }
 }
 
@@ -288,9 +523,9 @@ mod tests {
     #[test]
     fn durable_write_lands_complete_and_tmp_is_cleared_on_open() {
         let dir = tempfile::tempdir().unwrap();
-        let b = Blobs::open(dir.path()).unwrap();
+        let b = Blobs::open(dir.path(), None, &[]).unwrap();
         std::fs::write(b.tmp_path(), b"half").unwrap();
-        let b = Blobs::open(dir.path()).unwrap();
+        let b = Blobs::open(dir.path(), None, &[]).unwrap();
         assert_eq!(
             std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
             0

@@ -4,3 +4,4 @@ mod aggregate;
 mod export;
 mod node;
 mod postgres;
+mod s3;

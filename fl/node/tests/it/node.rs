@@ -46,7 +46,7 @@ impl Drop for Proc {
 }
 
 /// rustls' ring provider, once per test binary (reqwest is built without a default provider).
-fn install_crypto_provider() {
+pub(crate) fn install_crypto_provider() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -135,7 +135,7 @@ impl Cluster {
         c
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
