@@ -299,7 +299,10 @@ impl SimSession {
             return w.cluster_ready();
         }
         if let Some(node) = &wait.node {
-            return Self::node_holds(w, node, wait.condition.unwrap_or(NodeCondition::Ready));
+            // A wait polls the API, as `kubectl wait` does: while the API is down nothing is
+            // observed, and the status it stored before going down is not a fresh answer.
+            return w.api_available()
+                && Self::node_holds(w, node, wait.condition.unwrap_or(NodeCondition::Ready));
         }
         if let Some(pod) = &wait.pod {
             return Self::pod_state(w, pod).0 == Some(wait.phase.unwrap_or(PodPhase::Running));
@@ -338,6 +341,12 @@ impl SimSession {
             );
         }
         if let Some(node) = &wait.node {
+            if !w.api_available() {
+                return format!(
+                    "the kubernetes api is unavailable, node {node} cannot be observed (last stored status: {})",
+                    Self::node_state(w, node)
+                );
+            }
             return format!("node {node} is {}", Self::node_state(w, node));
         }
         if let Some(pod) = &wait.pod {
