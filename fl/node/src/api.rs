@@ -12,6 +12,9 @@ pub const HDR_ROUND: &str = "x-fl-round";
 pub const HDR_DIGEST: &str = "x-fl-model-digest";
 /// API-key header.
 pub const HDR_API_KEY: &str = "x-api-key";
+/// Set by the server itself (never trusted from a client: removed from every incoming request)
+/// to the DNS names of the verified mTLS client certificate, comma-separated.
+pub const HDR_PEER_NAMES: &str = "x-fl-internal-peer-names";
 
 /// Longest accepted client id (it names files, so it is also restricted to `[A-Za-z0-9._-]`).
 pub const MAX_CLIENT_ID_BYTES: usize = 128;

@@ -228,10 +228,16 @@ async fn serve(args: Args) -> Result<()> {
     app.ready.store(true, Ordering::SeqCst);
     match crate::tls::server_config(&args)? {
         Some(tls) => crate::tls::serve_tls(listener, tls, router).await,
-        None => axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown_signal())
-            .await
-            .context("serving http"),
+        // Plain HTTP has no client certificate: a client-sent peer-names header is dropped.
+        None => axum::serve(
+            listener,
+            router.layer(axum::middleware::map_request(|req| async move {
+                crate::tls::with_peer_names(req, None)
+            })),
+        )
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("serving http"),
     }
 }
 
@@ -467,6 +473,22 @@ impl App {
                 "forbidden_client",
                 field,
                 format!("credentials of {p:?} may not act for client `{client}`"),
+            ));
+        }
+        // Over mTLS the certificate binds the client id too: a worker's certificate names
+        // (subject alternative DNS names) the one client it may act for.
+        if let Some(names) = headers
+            .get(HDR_PEER_NAMES)
+            .map(|v| v.to_str().unwrap_or_default())
+            && !names.split(',').any(|n| n == client)
+        {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden_client",
+                field,
+                format!(
+                    "the client certificate (names: [{names}]) may not act for client `{client}`"
+                ),
             ));
         }
         Ok(p)

@@ -99,10 +99,17 @@ pub async fn serve_tls(
                     Err(e) => { tracing::warn!("accept: {e}"); continue; }
                 };
                 let acceptor = acceptor.clone();
-                let svc = hyper_util::service::TowerToHyperService::new(router.clone());
+                let router = router.clone();
                 tokio::spawn(async move {
                     match acceptor.accept(tcp).await {
                         Ok(tls) => {
+                            let names = peer_names(tls.get_ref().1.peer_certificates());
+                            let svc = hyper_util::service::TowerToHyperService::new(
+                                router.layer(axum::middleware::map_request(move |req| {
+                                    let names = names.clone();
+                                    async move { with_peer_names(req, names) }
+                                })),
+                            );
                             let io = hyper_util::rt::TokioIo::new(tls);
                             if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await {
                                 tracing::debug!(%peer, "connection: {e}");
@@ -115,4 +122,28 @@ pub async fn serve_tls(
             _ = &mut shutdown => return Ok(()),
         }
     }
+}
+
+/// The DNS names (subject alternative names) of a verified client certificate, as the
+/// `HDR_PEER_NAMES` header value; `None` without one.
+fn peer_names(certs: Option<&[CertificateDer<'static>]>) -> Option<axum::http::HeaderValue> {
+    let cert = certs?.first()?;
+    let ee = webpki::EndEntityCert::try_from(cert).ok()?;
+    let names: Vec<&str> = ee.valid_dns_names().collect();
+    // A verified certificate without names still marks the connection as mTLS: it may act for
+    // no client (an empty list), never for every client.
+    axum::http::HeaderValue::from_str(&names.join(",")).ok()
+}
+
+/// Removes any client-sent `HDR_PEER_NAMES` and sets the connection's own.
+pub fn with_peer_names(
+    mut req: axum::extract::Request,
+    names: Option<axum::http::HeaderValue>,
+) -> axum::extract::Request {
+    let h = req.headers_mut();
+    h.remove(crate::api::HDR_PEER_NAMES);
+    if let Some(v) = names {
+        h.insert(crate::api::HDR_PEER_NAMES, v);
+    }
+    req
 }

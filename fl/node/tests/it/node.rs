@@ -909,19 +909,34 @@ fn mtls_refuses_workers_without_a_certificate_and_serves_those_with_one() {
         .unwrap()
         .signed_by(&srv_key, &issuer)
         .unwrap();
-    let cli_key = KeyPair::generate().unwrap();
-    let cli = CertificateParams::new(vec!["worker-0".to_owned()])
-        .unwrap()
-        .signed_by(&cli_key, &issuer)
-        .unwrap();
+    // One certificate per worker, naming its client id (subject alternative DNS name).
+    let worker_cert = |i: usize| {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec![format!("worker-{i}")])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        (cert, key)
+    };
+    let (cli, cli_key) = worker_cert(0);
     let (srv_pem, srv_key_pem) = (
         write("srv.pem", srv.pem()),
         write("srv.key", srv_key.serialize_pem()),
     );
-    let (cli_pem, cli_key_pem) = (
-        write("cli.pem", cli.pem()),
-        write("cli.key", cli_key.serialize_pem()),
-    );
+    let cert_files: Vec<(String, String)> = (0..2)
+        .map(|i| {
+            let (c, k) = if i == 0 {
+                (cli.pem(), cli_key.serialize_pem())
+            } else {
+                let (c, k) = worker_cert(i);
+                (c.pem(), k.serialize_pem())
+            };
+            (
+                write(&format!("cli-{i}.pem"), c),
+                write(&format!("cli-{i}.key"), k),
+            )
+        })
+        .collect();
 
     let port = free_port();
     let _coord = spawn(
@@ -985,8 +1000,36 @@ fn mtls_refuses_workers_without_a_certificate_and_serves_those_with_one() {
             .map(|r| r.status() != 200)
             .unwrap_or(true)
     );
+    // worker-0's certificate may not act for worker-1, whatever the (open) auth says.
+    let r = with_cert
+        .post(format!("{url}/api/v1/fl/register_client"))
+        .json(&serde_json::json!({"client_id": "worker-1"}))
+        .send()
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        403,
+        "worker-0's certificate registered worker-1"
+    );
+    let body: Value = r.json().unwrap();
+    assert_eq!(body["error"]["code"], "forbidden_client", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("worker-0"),
+        "{body}"
+    );
+    // A forged peer-names header counts for nothing.
+    let r = with_cert
+        .post(format!("{url}/api/v1/fl/register_client"))
+        .header("x-fl-internal-peer-names", "worker-1")
+        .json(&serde_json::json!({"client_id": "worker-1"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 403, "a forged peer-names header was trusted");
     let mut workers = Vec::new();
-    for i in 0..2 {
+    for (i, (cli_pem, cli_key_pem)) in cert_files.iter().enumerate() {
         workers.push(spawn(
             dir.path(),
             &format!("w{i}"),
@@ -1003,9 +1046,9 @@ fn mtls_refuses_workers_without_a_certificate_and_serves_those_with_one() {
                 "--ca-cert",
                 &ca_pem,
                 "--client-cert",
-                &cli_pem,
+                cli_pem,
                 "--client-key",
-                &cli_key_pem,
+                cli_key_pem,
                 "--poll-ms",
                 "50",
                 "--timeout-s",
