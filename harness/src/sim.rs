@@ -240,6 +240,10 @@ impl SimSession {
     fn node_state(w: &World, name: &str) -> String {
         match w.node(name) {
             None => "absent".to_string(),
+            // nobody marked it NotReady (no API or not yet past the grace period)
+            Some(n) if !n.powered && n.ready => {
+                "Ready in the API's stored status, but its VM is powered off".to_string()
+            }
             Some(n) if !n.powered => "powered off (NotReady)".to_string(),
             Some(n) if !n.exists => "deleted".to_string(),
             Some(n) if n.ready => "Ready".to_string(),
@@ -267,6 +271,17 @@ impl SimSession {
                     SimPodPhase::Pending => PodPhase::Pending,
                     SimPodPhase::Running => PodPhase::Running,
                 };
+                // A terminating pod keeps its last phase in the API, but kubectl shows it as
+                // Terminating: it is not the Running pod a scenario waits for.
+                if let Some((_, why)) = &p.deleting {
+                    let node = w.pod_node(p).map(str::to_string);
+                    let on = node.as_ref().map_or(String::new(), |n| format!(" on {n}"));
+                    return (
+                        None,
+                        node,
+                        format!("pod {key} is Terminating{on} ({why}; last phase {phase:?})"),
+                    );
+                }
                 let node = w.pod_node(p).map(str::to_string);
                 let mut d = format!("pod {key} is {phase:?}");
                 if let Some(n) = &node {
@@ -274,9 +289,6 @@ impl SimSession {
                 }
                 if let Some(r) = &p.unschedulable {
                     d.push_str(&format!(" (unschedulable: {r})"));
-                }
-                if let Some((_, why)) = &p.deleting {
-                    d.push_str(&format!(" (terminating: {why})"));
                 }
                 (Some(phase), node, d)
             }
