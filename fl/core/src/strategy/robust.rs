@@ -562,45 +562,64 @@ const PAIR_TILE: usize = 4;
 #[inline(always)]
 fn pair_lanes_generic(rows: &[f64], n: usize, len: usize, lanes: &mut [[f64; 8]]) {
     let row = |k: usize| &rows[k * DIST_SUB..k * DIST_SUB + len];
-    let full = len / 8 * 8;
     let mut p = 0;
     for a in 0..n {
         let ra = row(a);
         let mut b = a + 1;
         while b < n {
-            let tile = PAIR_TILE.min(n - b);
-            if tile == PAIR_TILE {
-                let rb: [&[f64]; PAIR_TILE] = std::array::from_fn(|q| row(b + q));
-                let mut acc: [[f64; 8]; PAIR_TILE] = std::array::from_fn(|q| lanes[p + q]);
-                for j in (0..full).step_by(8) {
-                    let x: &[f64; 8] = ra[j..j + 8].try_into().unwrap_or(&[0.0; 8]);
-                    for q in 0..PAIR_TILE {
-                        let y: &[f64; 8] = rb[q][j..j + 8].try_into().unwrap_or(&[0.0; 8]);
-                        for l in 0..8 {
-                            let d = x[l] - y[l];
-                            acc[q][l] += d * d;
-                        }
-                    }
+            let tile = match n - b {
+                1 => {
+                    pair_tile::<1>(ra, [row(b)], &mut lanes[p..p + 1]);
+                    1
                 }
-                for j in full..len {
-                    for q in 0..PAIR_TILE {
-                        let d = ra[j] - rb[q][j];
-                        acc[q][j - full] += d * d;
-                    }
+                2 | 3 => {
+                    pair_tile::<2>(ra, [row(b), row(b + 1)], &mut lanes[p..p + 2]);
+                    2
                 }
-                lanes[p..p + PAIR_TILE].copy_from_slice(&acc);
-            } else {
-                for q in 0..tile {
-                    let rb = row(b + q);
-                    let acc = &mut lanes[p + q];
-                    for (j, (x, y)) in ra.iter().zip(rb).enumerate() {
-                        let d = x - y;
-                        acc[j % 8] += d * d;
-                    }
+                _ => {
+                    let rb = [row(b), row(b + 1), row(b + 2), row(b + 3)];
+                    pair_tile::<PAIR_TILE>(ra, rb, &mut lanes[p..p + PAIR_TILE]);
+                    PAIR_TILE
                 }
-            }
+            };
             p += tile;
             b += tile;
+        }
+    }
+}
+
+/// Row `ra` against the `T` rows `rb`: lanes 0-3 and 4-7 of each pair as separate 4-wide
+/// accumulators (one AVX2 register each), the remainder (< 8 coordinates) one by one.
+#[inline(always)]
+fn pair_tile<const T: usize>(ra: &[f64], rb: [&[f64]; T], lanes: &mut [[f64; 8]]) {
+    let len = ra.len();
+    let full = len / 8 * 8;
+    let mut lo = [[0.0f64; 4]; T];
+    let mut hi = [[0.0f64; 4]; T];
+    for q in 0..T {
+        lo[q].copy_from_slice(&lanes[q][..4]);
+        hi[q].copy_from_slice(&lanes[q][4..]);
+    }
+    for (i, x) in ra[..full].chunks_exact(8).enumerate() {
+        let j = i * 8;
+        for q in 0..T {
+            let y = &rb[q][j..j + 8];
+            for l in 0..4 {
+                let d = x[l] - y[l];
+                lo[q][l] += d * d;
+            }
+            for l in 0..4 {
+                let d = x[4 + l] - y[4 + l];
+                hi[q][l] += d * d;
+            }
+        }
+    }
+    for q in 0..T {
+        lanes[q][..4].copy_from_slice(&lo[q]);
+        lanes[q][4..].copy_from_slice(&hi[q]);
+        for j in full..len {
+            let d = ra[j] - rb[q][j];
+            lanes[q][j - full] += d * d;
         }
     }
 }
