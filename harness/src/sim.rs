@@ -912,6 +912,7 @@ impl Session for SimSession {
                     fault.kind()
                 )
             })?;
+            let now = self.sim.now();
             let fl = self
                 .sim
                 .model_mut::<FlModel>(id)
@@ -921,7 +922,7 @@ impl Session for SimSession {
                 return Err(format!("`{}` selects no client", fault.kind()));
             }
             for k in &ids {
-                fl.set_client_fault(*k as usize, cf)?;
+                fl.set_client_fault(*k as usize, cf, now)?;
             }
             let text = format!(
                 "{} on client(s) {}",

@@ -189,11 +189,28 @@ struct Client {
     byzantine_scale: f32,
     /// Training-time multiplier while a straggler.
     straggler_slowdown: f64,
+    /// Fraction of the planned steps a straggler does (FedProx's partial work for the workload's
+    /// random stragglers; 1 for a straggler fault, whose training only takes longer).
+    straggler_work_fraction: f64,
+    /// The fit in progress: its training window, so a fault that lands during it changes it.
+    fit_in_flight: Option<FitInFlight>,
     /// Dropped out by a fault: the client answers no fit or evaluate request.
     silent: bool,
     alive: bool,
     /// Bumped when the client's node dies: replies of an older incarnation are dropped.
     incarnation: u64,
+}
+
+/// A client's fit between the model's arrival and the upload's departure.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct FitInFlight {
+    round: u64,
+    /// Virtual time local training starts (the global model arrived).
+    train_start_us: Time,
+    /// Virtual time local training ends (moved later when the client becomes a straggler).
+    train_end_us: Time,
+    /// The slowdown the training runs at.
+    slowdown: f64,
 }
 
 /// A fault set on one client while the job runs.
@@ -202,7 +219,8 @@ pub enum ClientFault {
     /// The client goes silent (no fit, no evaluate) until [`ClientFault::Rejoin`].
     Dropout,
     Rejoin,
-    /// Training takes `slowdown` times longer and does `straggler_work_fraction` of it.
+    /// Training takes `slowdown` times longer (all of it: the client is slow, it does not cut
+    /// its work short). A fit already training slows down from the fault's time on.
     Straggler {
         slowdown: f64,
     },
@@ -327,6 +345,8 @@ impl FlModel {
                 byzantine: k < f.byzantine_clients,
                 byzantine_scale: f.byzantine_scale,
                 straggler_slowdown: f.straggler_slowdown,
+                straggler_work_fraction: f.straggler_work_fraction,
+                fit_in_flight: None,
                 silent: false,
                 alive: false,
                 incarnation: 0,
@@ -375,9 +395,16 @@ impl FlModel {
         })
     }
 
-    /// Changes client `client`'s fault state from now on (a fault injected while the job runs).
-    /// Rounds already in flight keep what the client was sent; the next request sees the fault.
-    pub fn set_client_fault(&mut self, client: usize, fault: ClientFault) -> Result<(), String> {
+    /// Changes client `client`'s fault state from virtual time `now` on (a fault injected while
+    /// the job runs). A straggler fault also slows the fit the client is training at `now`: the
+    /// rest of its training takes `slowdown` times longer. Other faults take effect from the
+    /// client's next request or reply.
+    pub fn set_client_fault(
+        &mut self,
+        client: usize,
+        fault: ClientFault,
+        now: Time,
+    ) -> Result<(), String> {
         let n = self.clients.len();
         let c = self.clients.get_mut(client).ok_or_else(|| {
             format!("fl: client {client} does not exist (the job has {n} clients)")
@@ -393,6 +420,15 @@ impl FlModel {
                 }
                 c.straggler = true;
                 c.straggler_slowdown = slowdown;
+                c.straggler_work_fraction = 1.0;
+                if let Some(f) = c.fit_in_flight.as_mut()
+                    && f.train_end_us > now
+                {
+                    let from = now.max(f.train_start_us);
+                    let rest = (f.train_end_us - from) as f64 * slowdown / f.slowdown;
+                    f.train_end_us = from + rest as Time;
+                    f.slowdown = slowdown;
+                }
             }
             ClientFault::SlowLink => c.slow_link = true,
             ClientFault::Byzantine { scale } => {
@@ -610,7 +646,7 @@ impl FlModel {
         let mut cfg = self.cfg.train;
         let mut slowdown = 1.0;
         if c.straggler {
-            cfg.work_fraction = self.cfg.faults.straggler_work_fraction;
+            cfg.work_fraction = c.straggler_work_fraction;
             slowdown = c.straggler_slowdown;
         }
         // Training randomness keyed by (seed, client, round): independent of event order.
@@ -637,7 +673,16 @@ impl FlModel {
         }
         let flops = 6.0 * self.arch.num_params() as f64 * report.examples_seen as f64;
         let train_us = (flops / c.flops * slowdown * 1e6) as Time;
-        let at = world.now() + 2 * self.transfer_us(k) + train_us;
+        let transfer = self.transfer_us(k);
+        let train_start_us = world.now() + transfer;
+        let at = train_start_us + train_us + transfer;
+        self.clients[k].fit_in_flight = Some(FitInFlight {
+            round,
+            train_start_us,
+            train_end_us: train_start_us + train_us,
+            slowdown,
+        });
+        let c = &self.clients[k];
         let msg = Msg::Upload {
             client: k,
             incarnation: c.incarnation,
@@ -878,6 +923,27 @@ impl FlModel {
                 {
                     return;
                 }
+                // A fault slowed this fit while it trained: the upload leaves later.
+                if let Some(f) = c.fit_in_flight
+                    && f.round == round
+                {
+                    let due = f.train_end_us + self.transfer_us(client);
+                    if due > world.now() {
+                        let msg = Msg::Upload {
+                            client,
+                            incarnation,
+                            round,
+                            params,
+                            num_examples,
+                            metrics,
+                        };
+                        world.send_to_model(due, self.me, Box::new(msg));
+                        return;
+                    }
+                }
+                let c = &mut self.clients[client];
+                c.fit_in_flight = None;
+                let c = &self.clients[client];
                 // The shell stores the update durably before telling the machine.
                 let update_id = UpdateId(format!("{}-r{round}", c.id));
                 let id = c.id.clone();

@@ -191,3 +191,40 @@ fn dropouts_and_stragglers_time_out_and_rounds_still_aggregate() {
             .any(|r| r.failures > 0 && r.latency_ms >= 30_000)
     );
 }
+
+/// r_straggler_fault_slows_fit_in_flight: a straggler fault that lands while the client trains
+/// slows the rest of that training (not only the next round's), so the round's timeout closes
+/// the round without it.
+#[test]
+fn r_straggler_fault_slows_fit_in_flight() {
+    let mut cfg = small(1);
+    // a fit takes about 3 ms here (1.2 ms each way on the link, 0.8 ms of training)
+    cfg.round.fit_timeout_ms = Some(100);
+    cfg.round.min_fit_clients = 11;
+    let (mut sim, id) = world(9, cfg);
+    let fit_started = |w: &World| {
+        w.trace().entries().last().is_some_and(|e| {
+            matches!(&e.event, TraceEvent::Ext { kind, detail, .. }
+                if kind == "phase" && detail.starts_with("round 1 fit"))
+        })
+    };
+    let stop = sim.run_until_pred(30 * MIN, 10_000_000, fit_started);
+    assert_eq!(stop, crate::Stop::Predicate);
+    let at = sim.now();
+    sim.model_mut::<FlModel>(id)
+        .unwrap()
+        .set_client_fault(0, ClientFault::Straggler { slowdown: 1_000.0 }, at)
+        .unwrap();
+    run(&mut sim, id, at + 10 * MIN);
+    let fl = sim.model::<FlModel>(id).unwrap();
+    let r = &fl.rounds()[0];
+    assert_eq!((r.accepted, r.failures), (11, 1), "{r:?}");
+    assert!(r.latency_ms >= 100, "{r:?}");
+    // a bad factor is refused with the client named
+    let e = sim
+        .model_mut::<FlModel>(id)
+        .unwrap()
+        .set_client_fault(3, ClientFault::Straggler { slowdown: 0.5 }, at)
+        .unwrap_err();
+    assert!(e.contains("client 3"), "{e}");
+}
