@@ -4,6 +4,7 @@ mod cluster;
 mod determinism;
 mod etcd;
 mod extension;
+mod fl_accuracy;
 mod gitops;
 mod gitops_models;
 mod restore;
