@@ -427,13 +427,28 @@ pub enum Fault {
         #[serde(default)]
         behind: bool,
     },
-    /// Someone edits a live object of an Application by hand (`kubectl edit`).
-    ArgocdDrift { app: String, object: String },
-    /// A Git commit lands in the GitOps repo; `breaks` makes it an invalid manifest at that path.
+    /// Someone edits a live object of an Application by hand: `object` is `Kind/namespace/name`
+    /// of a Deployment, StatefulSet or DaemonSet the app manages, scaled to `replicas` (default
+    /// 0, `kubectl scale`); with `delete: true` any modelled object is deleted instead.
+    ArgocdDrift {
+        app: String,
+        object: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        replicas: Option<u32>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        delete: bool,
+    },
+    /// A Git commit lands in the GitOps repo, changing the file at `path` (relative to the
+    /// repository root): `breaks` makes it YAML that does not parse, `replace` edits its text
+    /// (a new image tag, a bigger request), `remove` deletes it (a removed app).
     GitCommit {
         path: String,
         #[serde(default)]
         breaks: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        replace: Option<TextEdit>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        remove: bool,
     },
     /// FL clients stop answering (a fraction of the clients or a named list).
     FlClientDropout(ClientSet),
@@ -446,6 +461,14 @@ pub enum Fault {
         #[serde(default = "default_attack_scale")]
         scale: f64,
     },
+}
+
+/// A text edit of a committed file: the first occurrence of `from` becomes `to`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TextEdit {
+    pub from: String,
+    pub to: String,
 }
 
 fn default_attack_scale() -> f64 {
@@ -553,6 +576,22 @@ pub enum Assertion {
     /// Flux Kustomizations became Ready in this order (their dependsOn order).
     #[serde(rename = "flux.ready_order")]
     FluxReadyOrder(Vec<String>),
+    /// A Flux Kustomization or HelmRelease is Ready (true) or not (false) right now.
+    #[serde(rename = "flux.status")]
+    FluxStatus { kustomization: String, ready: bool },
+    /// ArgoCD Applications first became Synced and Healthy in this order (their sync waves).
+    #[serde(rename = "argocd.sync_order")]
+    ArgocdSyncOrder(Vec<String>),
+    /// An Application's sync is held at a wave by a resource that is not Healthy (the wave and
+    /// a part of the blocking object's `Kind namespace/name`, if given).
+    #[serde(rename = "app.blocked")]
+    AppBlocked {
+        app: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        wave: Option<i64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
+    },
     /// An FL round completed (within a time since the job started, if given).
     #[serde(rename = "fl.round_completed")]
     FlRoundCompleted {
@@ -614,6 +653,9 @@ impl Assertion {
             Assertion::QuotaExceeded { .. } => "quota.exceeded",
             Assertion::AppStatus { .. } => "app.status",
             Assertion::FluxReadyOrder(_) => "flux.ready_order",
+            Assertion::ArgocdSyncOrder(_) => "argocd.sync_order",
+            Assertion::FluxStatus { .. } => "flux.status",
+            Assertion::AppBlocked { .. } => "app.blocked",
             Assertion::FlRoundCompleted { .. } => "fl.round_completed",
             Assertion::FlGlobalModel(_) => "fl.global_model",
             Assertion::FlAccuracy { .. } => "fl.accuracy",
@@ -632,6 +674,9 @@ impl Assertion {
         "quota.exceeded",
         "app.status",
         "flux.ready_order",
+        "argocd.sync_order",
+        "flux.status",
+        "app.blocked",
         "fl.round_completed",
         "fl.global_model",
         "fl.accuracy",

@@ -24,6 +24,9 @@ use crate::scenario::{
     ModelCheck, NodeCondition, PodPhase, Process, RoundPhase, Step, Trigger, Wait, WorkloadKind,
 };
 
+#[path = "sim_gitops.rs"]
+mod gitops;
+
 /// Events the simulator may process per slice before the session checks the wall clock and
 /// Ctrl-C (a slice takes well under 100 ms of CPU).
 const EVENTS_PER_SLICE: u64 = 200_000;
@@ -36,20 +39,22 @@ const MAX_SLICES: u64 = 50_000;
 /// The embedded simulator.
 pub struct SimBackend {
     topologies: PathBuf,
+    root: PathBuf,
 }
 
 impl SimBackend {
     pub fn new(workspace_root: &Path) -> Self {
         Self {
             topologies: workspace_root.join("fixtures/topologies"),
+            root: workspace_root.to_path_buf(),
         }
     }
 
-    /// What the simulator can do today. FL rounds and GitOps controllers are separate models
-    /// of the simulator; their kinds are listed here once those models are wired in.
+    /// What the simulator can do today. FL rounds and the GitOps controllers are separate
+    /// models of the simulator; the GitOps kinds come from `sim_gitops.rs`.
     pub fn caps() -> Capabilities {
         let set = |v: &[&'static str]| v.iter().copied().collect::<BTreeSet<_>>();
-        Capabilities {
+        let mut caps = Capabilities {
             faults: set(&[
                 "kill_node",
                 "restore_node",
@@ -80,10 +85,14 @@ impl SimBackend {
             ]),
             waits: set(&["duration", "cluster", "node", "pod", "workload", "fl.round"]),
             triggers: set(&["time", "after", "fl.round"]),
-            workloads: set(&["k8s", "fl"]),
+            workloads: set(&["k8s", "fl", "gitops"]),
             virtual_time: true,
-            missing_reason: "the simulator's GitOps models are not wired into the harness yet",
-        }
+            missing_reason: "",
+        };
+        caps.faults.extend(gitops::FAULTS);
+        caps.assertions.extend(gitops::ASSERTIONS);
+        caps.waits.extend(gitops::WAITS);
+        caps
     }
 }
 
@@ -100,11 +109,19 @@ impl Backend for SimBackend {
         let path = self.topologies.join(format!("{}.yaml", case.topology));
         let mut topo = Topology::load(&path)
             .map_err(|e| format!("failed to load topology {}: {e}", path.display()))?;
+        if case.scenario.workload.gitops.is_some() {
+            // The GitOps tree deploys the platform's workloads, not the topology's list.
+            topo.workloads.clear();
+        }
         for w in &case.scenario.workload.k8s {
             let spec = to_workload_spec(w, &mut topo)?;
             topo.workloads.push(spec);
         }
-        let sim = Sim::new(topo, case.seed, SimOptions::default());
+        let mut sim = Sim::new(topo, case.seed, SimOptions::default());
+        let gitops = match &case.scenario.workload.gitops {
+            Some(g) => Some(gitops::start(&self.root, &mut sim, g)?),
+            None => None,
+        };
         Ok(Box::new(SimSession {
             sim,
             fl: case.fl.clone(),
@@ -113,6 +130,7 @@ impl Backend for SimBackend {
             seed: case.seed,
             last_step_end_us: 0,
             markers: Vec::new(),
+            gitops,
         }))
     }
 }
@@ -184,6 +202,8 @@ struct SimSession {
     /// Virtual µs when the previous step ended (for `at: {after: ...}`).
     last_step_end_us: u64,
     markers: Vec<Marker>,
+    /// The case's GitOps controller (`workload.gitops`).
+    gitops: Option<gitops::Gitops>,
 }
 
 fn us_to_ms(us: u64) -> u64 {
@@ -463,10 +483,11 @@ impl SimSession {
             | Assertion::FlAccuracy { .. }
             | Assertion::FlRoundLatency { .. }
             | Assertion::FlClientsAggregated { .. } => self.check_fl(a),
-            other => Check::Skip(format!(
-                "the `sim` backend cannot check `{}` yet",
-                other.kind()
-            )),
+            Assertion::AppStatus { .. }
+            | Assertion::AppBlocked { .. }
+            | Assertion::ArgocdSyncOrder(_)
+            | Assertion::FluxStatus { .. }
+            | Assertion::FluxReadyOrder(_) => self.check_gitops(a),
         }
     }
 
@@ -849,6 +870,9 @@ impl Session for SimSession {
         stop: StopCheck<'_>,
     ) -> Advance {
         let deadline_us = ms_to_us(deadline_ms);
+        if let Some(out) = self.advance_gitops(probe, deadline_us, stop) {
+            return out;
+        }
         let out = match probe {
             Probe::Wait(w) if w.duration.is_some() => {
                 let until = self
@@ -935,6 +959,9 @@ impl Session for SimSession {
             });
             self.last_step_end_us = self.sim.now();
             return Ok(format!("{text} at {}", simulator::fmt_time(self.sim.now())));
+        }
+        if let Some(r) = self.inject_gitops(fault) {
+            return r;
         }
         let f = self.to_sim_fault(fault)?;
         let text = f.to_string();
@@ -1093,6 +1120,7 @@ impl Session for SimSession {
             "sim_events".to_string(),
             self.world().events_processed() as f64,
         );
+        self.observe_gitops(&mut apps, &mut metrics);
         let mut all_faults = self.markers.clone();
         if all_faults.is_empty() {
             all_faults = faults;

@@ -77,15 +77,12 @@ fn a_false_expectation_fails_with_the_observed_state_and_a_repro() {
 
 #[test]
 fn a_case_whose_assertions_are_all_skipped_is_skipped_not_passed() {
-    // GitOps is not wired into the sim backend: every step of this case is skipped.
-    let text = "name: gitops-only
+    // The simulator models Pending and Running pods only: the one assertion is skipped.
+    let text = "name: succeeded-only
 topology: tiny
-workload:
-  gitops: { repo: mlops }
 steps:
-  - wait: { kustomization: ml-lifecycle, timeout: 30m }
   - assert:
-      - flux.ready_order: [data-plane, ml-lifecycle]
+      - pod.phase: { pod: default/job-0, phase: Succeeded }
 ";
     let r = run(text, None, false);
     assert_eq!(r[0].status, Status::Skipped, "{:#?}", r[0]);
@@ -93,7 +90,7 @@ steps:
         r[0].reason
             .as_deref()
             .unwrap_or_default()
-            .contains("cannot"),
+            .contains("Pending and Running"),
         "{:?}",
         r[0].reason
     );
@@ -182,8 +179,8 @@ fn an_e2e_run_writes_the_five_report_files_and_counts_outcomes() {
     let ws = temp_workspace(&[
         ("cp-loss.yaml", CP_LOSS),
         (
-            "gitops.yaml",
-            "name: gitops\ntopology: tiny\nworkload:\n  gitops: { repo: mlops }\nsteps:\n  - wait: { kustomization: ml-lifecycle, timeout: 30m }\n  - assert:\n      - flux.ready_order: [data-plane, ml-lifecycle]\n",
+            "succeeded.yaml",
+            "name: succeeded\ntopology: tiny\nsteps:\n  - assert:\n      - pod.phase: { pod: default/job-0, phase: Succeeded }\n",
         ),
     ]);
     let mut opts = E2eOptions::defaults(ws.path());

@@ -72,6 +72,12 @@ pub const RETRY_BACKOFF_DURATION: Time = 5 * SEC;
 pub const RETRY_BACKOFF_FACTOR: u64 = 2;
 /// `syncPolicy.retry.backoff.maxDuration` default 3m (ArgoCD Application spec reference).
 pub const RETRY_BACKOFF_MAX_DURATION: Time = 3 * MIN;
+/// `--self-heal-timeout-seconds` default 5 (argocd-application-controller command reference,
+/// ArgoCD 2.x; the fixtures' argo-cd chart 7.7 ships 2.13): a self-heal sync starts no sooner
+/// than this after the previous sync operation finished (`appcontroller.go` `shouldSelfHeal`).
+/// The live change itself is seen at once: the controller watches the resources it manages and
+/// a change requests a refresh of the owning Application (`handleObjectUpdated`).
+pub const SELF_HEAL_TIMEOUT: Time = 5 * SEC;
 /// `ARGOCD_SYNC_WAVE_DELAY` default 2s: pause between sync waves (ArgoCD sync-waves docs).
 pub const SYNC_WAVE_DELAY: Time = 2 * SEC;
 /// Batching delay of health re-assessment after a cluster change (the informer's event
@@ -85,6 +91,7 @@ const MAX_WAVE_EVENTS: usize = 100_000;
 const TAG_RECONCILE: u64 = 0;
 const TAG_OP: u64 = 1;
 const TAG_HEALTH: u64 = 2;
+const TAG_SELF_HEAL: u64 = 3;
 
 /// Sync status of an Application.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,6 +183,8 @@ struct Desired {
     kind_order: usize,
     manifest: Value,
     target: Target,
+    /// The file the manifest came from (ApplicationSets: the Applications generated from it).
+    file: String,
 }
 
 #[derive(Debug, Clone)]
@@ -217,6 +226,10 @@ struct App {
     next_op: Option<Time>,
     /// Whether the first sync completed (a child's health is Progressing before).
     synced_once: bool,
+    /// When the last sync operation finished (self-heal waits [`SELF_HEAL_TIMEOUT`] after it).
+    last_op_finished: Option<Time>,
+    /// A self-heal sync waiting for [`SELF_HEAL_TIMEOUT`] to pass.
+    self_heal_at: Option<Time>,
 }
 
 /// The ArgoCD application controller model.
@@ -230,6 +243,8 @@ pub struct ArgoCd {
     by_name: BTreeMap<String, usize>,
     waves: Vec<WaveEvent>,
     health_pending: bool,
+    /// First time each Application was Synced and Healthy.
+    first_synced_healthy: BTreeMap<String, Time>,
 }
 
 impl ArgoCd {
@@ -244,6 +259,7 @@ impl ArgoCd {
             by_name: BTreeMap::new(),
             waves: Vec::new(),
             health_pending: false,
+            first_synced_healthy: BTreeMap::new(),
         }
     }
 
@@ -286,6 +302,11 @@ impl ArgoCd {
             operation_running: a.op.is_some(),
             sync_attempts: a.sync_attempts,
         })
+    }
+
+    /// The first time an Application was Synced and Healthy (None: never yet).
+    pub fn first_synced_healthy(&self, app: &str) -> Option<Time> {
+        self.first_synced_healthy.get(app).copied()
     }
 
     /// Every completed wave, in the order observed.
@@ -349,6 +370,8 @@ impl ArgoCd {
             next_reconcile: world.now(),
             next_op: None,
             synced_once: false,
+            last_op_finished: None,
+            self_heal_at: None,
         });
         self.by_name.insert(name.to_string(), i);
         world.trace_ext("argocd", "app-created", name.to_string());
@@ -444,6 +467,9 @@ impl ArgoCd {
         if a.sync == SyncStatus::Synced && a.health == AppHealth::Healthy && a.op.is_none() {
             if a.synced_healthy_at.is_none() {
                 a.synced_healthy_at = Some(world.now());
+                self.first_synced_healthy
+                    .entry(name.clone())
+                    .or_insert(world.now());
                 world.trace_ext("argocd", "synced-healthy", name.clone());
             }
         } else {
@@ -471,6 +497,26 @@ impl ArgoCd {
             && a.failed_revision != Some(rev);
         if may_sync && wants && a.op.is_none() {
             self.start_sync(world, me, i, &unit, desired);
+            return;
+        }
+        // A watch-triggered refresh (a live change of a managed resource): selfHeal syncs the
+        // drift back without waiting for the periodic reconcile, but no sooner than
+        // SELF_HEAL_TIMEOUT after the previous operation finished; not after a failed sync of
+        // this revision (`alreadyAttempted && !Successful`).
+        let drift_only = live_drift && !git_diff && !extra && a.synced_once;
+        if !may_sync && wants && drift_only && self_heal && a.op.is_none() {
+            let now = world.now();
+            let at = a
+                .last_op_finished
+                .map_or(now, |t| t.saturating_add(SELF_HEAL_TIMEOUT))
+                .max(now);
+            if at <= now {
+                world.trace_ext("argocd", "self-heal", name.clone());
+                self.start_sync(world, me, i, &unit, desired);
+            } else if self.apps[i].self_heal_at != Some(at) {
+                self.apps[i].self_heal_at = Some(at);
+                world.wake(at, me, tag(i, TAG_SELF_HEAL));
+            }
         }
     }
 
@@ -483,6 +529,36 @@ impl ArgoCd {
             Target::ChildApp(n) => self.by_name.get(n).is_none_or(|&j| self.apps[j].deleted),
             Target::Opaque => false,
         }
+    }
+
+    /// The Applications an ApplicationSet manifest of app `owner` generates (none for other
+    /// kinds): the tree's units expanded from that set's file under the owner. An
+    /// ApplicationSet itself has no health check in ArgoCD, so the owner does not wait on them.
+    fn generated_apps(&self, owner: &str, d: &Desired) -> Vec<String> {
+        if d.manifest.get("kind").and_then(Value::as_str) != Some("ApplicationSet") {
+            return Vec::new();
+        }
+        let Some(parent) = self.tree.find(owner) else {
+            return Vec::new();
+        };
+        self.tree
+            .units
+            .iter()
+            .filter(|u| {
+                u.parent == Some(parent)
+                    && u.definition.file == d.file
+                    && matches!(u.kind, UnitKind::ArgoApp | UnitKind::ArgoHelm)
+            })
+            .map(|u| u.name.clone())
+            .collect()
+    }
+
+    /// The live objects an Application manages (`Kind namespace/name`), as last applied.
+    pub fn resources(&self, app: &str) -> Vec<String> {
+        self.by_name
+            .get(app)
+            .map(|&i| self.apps[i].applied.keys().cloned().collect())
+            .unwrap_or_default()
     }
 
     fn health_of(&self, world: &World, d: &Desired) -> (AppHealth, String) {
@@ -538,6 +614,7 @@ impl ArgoCd {
                     hook: Some(Phase::PreSync),
                     kind_order: 0,
                     manifest: Value::Null,
+                    file: String::new(),
                     target: Target::Cluster(
                         Box::new(KObject::Namespace(NamespaceSpec {
                             name: ns.clone(),
@@ -613,6 +690,11 @@ impl ArgoCd {
                 let op = self.apps[i].op.as_mut().expect("op");
                 op.applied = true;
                 op.step_started = now;
+                // Health is assessed once the cluster has acted on the apply (a fresh
+                // Deployment's status lags its spec: ArgoCD reads it as Progressing until the
+                // controller observed it), not in the instant of the apply.
+                self.schedule_op(world, me, i, now + HEALTH_REFRESH_DELAY);
+                return;
             }
             // Wait for every resource of the step to be Healthy.
             // Name the worst one (a Degraded pod explains a PVC waiting for its consumer).
@@ -714,7 +796,13 @@ impl ArgoCd {
                 world.apply((**obj).clone()).map_err(|e| e.to_string())?
             }
             Target::ChildApp(n) => self.ensure_app(world, me, n),
-            Target::Opaque => {}
+            // The applicationset-controller creates the generated Applications at once.
+            Target::Opaque => {
+                let name = self.apps[i].name.clone();
+                for n in self.generated_apps(&name, d) {
+                    self.ensure_app(world, me, &n);
+                }
+            }
         }
         if d.hook.is_none() {
             self.apps[i]
@@ -728,6 +816,7 @@ impl ArgoCd {
         let Some(op) = self.apps[i].op.take() else {
             return;
         };
+        self.apps[i].last_op_finished = Some(world.now());
         let name = self.apps[i].name.clone();
         self.apps[i].next_op = None;
         match err {
@@ -965,6 +1054,7 @@ fn desired_of(unit: &Unit) -> Vec<Desired> {
                 wave: 0,
                 hook: None,
                 kind_order: kind_order("Deployment"),
+                file: unit.definition.file.clone(),
                 manifest: unit
                     .definition
                     .value
@@ -989,6 +1079,7 @@ fn desired_of(unit: &Unit) -> Vec<Desired> {
             wave: wave_of(o, &mut f),
             hook,
             kind_order: kind_order(o.kind()),
+            file: o.file.clone(),
             manifest: o.value.clone(),
             target: target_of(o, &unit.objects, hook.is_some()),
         });
@@ -1269,6 +1360,12 @@ impl Model for ArgoCd {
             TAG_OP if self.apps[i].next_op == Some(world.now()) => {
                 self.apps[i].next_op = None;
                 self.run_op(world, me, i);
+            }
+            TAG_SELF_HEAL if self.apps[i].self_heal_at == Some(world.now()) => {
+                self.apps[i].self_heal_at = None;
+                if self.apps[i].op.is_none() {
+                    self.refresh(world, me, i, false);
+                }
             }
             _ => {}
         }

@@ -276,6 +276,13 @@ impl Flux {
                 return self.requeue(world, me, i, REQUEUE_DEPENDENCY);
             }
         }
+        // A path that does not build (YAML that does not parse, a missing file): Ready=False,
+        // BuildFailed, retried at retryInterval; what was applied before stays.
+        let unit_id = unit.definition.id();
+        if let Some(f) = self.tree.findings.iter().find(|f| f.object == unit_id) {
+            let msg = format!("BuildFailed: {f}");
+            return self.fail(world, me, i, &unit, retry, msg);
+        }
         let desired = Self::desired(&unit);
         for (_, t) in &desired {
             let r = match t {

@@ -205,17 +205,40 @@ fn hand_edit_is_self_healed_and_new_image_tag_rolls_out() {
     sim.world_mut()
         .apply(simulator::Object::Workload(spec))
         .expect("hand edit");
-    sim.run_until(sim.now() + simulator::timings::SEC);
-    let s = argo(&sim, id).status("minio").expect("minio");
-    assert_eq!(s.sync, SyncStatus::OutOfSync, "{s:?}");
-    // The next reconcile (at most timeout + jitter away) self-heals it.
-    sim.run_until(sim.now() + 4 * MIN);
+    let edited_at = sim.now();
+    // The controller watches what it manages: the change is seen at once and selfHeal syncs it
+    // back SELF_HEAL_TIMEOUT after the previous sync at the latest, not at the next periodic
+    // reconcile (120 s + jitter).
+    sim.run_until(edited_at + 10 * simulator::timings::SEC);
+    let trace = sim.trace().entries();
+    let seen_out_of_sync = trace.iter().any(|e| {
+        e.at >= edited_at
+            && matches!(&e.event, simulator::TraceEvent::Ext { kind, detail, .. }
+                if kind == "status" && detail.starts_with("minio: OutOfSync"))
+    });
+    assert!(seen_out_of_sync, "{}", dump(&sim));
+    let healed_at = trace
+        .iter()
+        .find(|e| {
+            e.at >= edited_at
+                && matches!(&e.event, simulator::TraceEvent::Ext { kind, detail, .. }
+                    if kind == "self-heal" && detail == "minio")
+        })
+        .map(|e| e.at)
+        .expect("self-heal sync of minio");
+    assert!(
+        healed_at - edited_at
+            <= simulator::gitops::argo::SELF_HEAL_TIMEOUT + simulator::timings::SEC,
+        "self-heal {} after the edit",
+        simulator::fmt_time(healed_at - edited_at)
+    );
     let live = &sim
         .world()
         .workload(WorkloadKind::Deployment, "minio", "minio")
         .expect("minio deployment")
         .spec;
     assert_eq!(*live, desired);
+    sim.run_until(sim.now() + 2 * MIN);
     let s = argo(&sim, id).status("minio").expect("minio");
     assert_eq!(
         (s.sync, s.health),
