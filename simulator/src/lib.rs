@@ -59,13 +59,18 @@
 //! is down, as a real apply would.
 //!
 //! **Models** and their defaults: [`timings`] (every upstream default cites its source),
-//! [`cluster`] (boot, leases, node lifecycle, scheduler, workloads, storage, services),
-//! [`etcd`] (real Raft from TiKV's `raft` crate), [`net`] (links and partitions),
-//! [`shrink`] (random fault schedules and shrinking them).
+//! [`cluster`] (boot, leases, node lifecycle, scheduler over node *allocatable* — capacity less
+//! the distribution's kubelet reservations, [`cluster::allocatable`] — workloads, storage,
+//! services), [`etcd`] (real Raft from TiKV's `raft` crate; a member's hard state and log
+//! survive a power-off and it restarts from them when its VM has booted again), [`net`] (links
+//! and partitions), [`shrink`] (random fault schedules, shrunk to a minimal one that fails with
+//! the same failure kind).
 //!
 //! **Limits** (not modelled): container limits and OOM, rolling-update surge, PodDisruptionBudgets,
 //! node-controller zone disruption modes, etcd membership changes (a lost member stays lost),
-//! Longhorn replica rebuilds, CNI.
+//! Longhorn replica rebuilds, CNI, control-plane static pods' own requests, the time a restarted
+//! process (kube-apiserver, kubelet, the K3s server) takes to serve again (instant here). FL
+//! clients are placed on nodes, not on scheduled pods.
 
 pub mod cluster;
 pub mod engine;
