@@ -362,3 +362,28 @@ fn mlworkbench_tree_has_root_foundation_and_platform_apps() {
         3
     );
 }
+
+#[test]
+fn planted_yaml_syntax_error_names_file_and_line() {
+    let tmp = copy_platform("mlworkbench");
+    let root = tmp.path().join("mlworkbench");
+    let file = "namespaces/databases/redis/redis.yaml";
+    let text = std::fs::read_to_string(root.join(file)).expect("read");
+    let line = text
+        .lines()
+        .position(|l| l == "kind: Deployment")
+        .expect("a Deployment document")
+        + 1;
+    edit(&root, file, "kind: Deployment", "kind: [Deployment");
+    let report = run(&tmp, None);
+    let f = report
+        .findings
+        .iter()
+        .find(|f| f.file == format!("mlworkbench/{file}") && f.message.contains("invalid YAML"))
+        .unwrap_or_else(|| panic!("no YAML finding for {file} in:\n{report}"));
+    // The parser stops on the line after the unclosed `[`.
+    assert!(
+        f.message.contains(&format!("line {}", line + 1)),
+        "{f} (the broken line is {line})"
+    );
+}

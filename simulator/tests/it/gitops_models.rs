@@ -365,3 +365,42 @@ fn mlops_flux_tree_converges_in_depends_on_order() {
     }
     assert!(checked >= 5, "{checked}");
 }
+
+#[test]
+fn k3s_application_sets_create_their_applications_and_converge() {
+    let topo = Topology::load(&root().join("topologies/k3s-single.yaml")).expect("topology");
+    let options = SimOptions {
+        apply_topology_workloads: false,
+        ..SimOptions::default()
+    };
+    let mut sim = Sim::new(topo, 6, options);
+    let stop = sim.run_until_pred(30 * MIN, 50_000_000, |w| w.nodes_ready());
+    assert_eq!(
+        stop,
+        Stop::Predicate,
+        "cluster did not boot: {}",
+        sim.repro()
+    );
+    let repo = read_repo(&root().join("gitops/k3s")).expect("read k3s tree");
+    let id = ArgoCd::start(&mut sim, repo);
+    let stop = converge(&mut sim, id, 60 * MIN);
+    assert_eq!(stop, Stop::Predicate, "did not converge:\n{}", dump(&sim));
+    let a = argo(&sim, id);
+    // root-app, platform, applicationsets and the 13 generated applications.
+    assert!(a.apps().len() >= 16, "{:?}", a.apps());
+    for app in ["metallb", "redis", "mlflow", "monitoring-grafana"] {
+        let s = a
+            .status(app)
+            .unwrap_or_else(|| panic!("no app {app}: {:?}", a.apps()));
+        assert_eq!(
+            (s.sync, s.health),
+            (SyncStatus::Synced, AppHealth::Healthy),
+            "{s:?}"
+        );
+    }
+    assert!(
+        sim.world()
+            .workload(WorkloadKind::Deployment, "data", "redis")
+            .is_some()
+    );
+}
