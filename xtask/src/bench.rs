@@ -283,9 +283,9 @@ fn fmt_time(ns: f64) -> String {
 fn render(rows: &[Out]) -> String {
     let header = [
         "case",
-        "time",
+        "time (measured value)",
         "GB/s",
-        "vs sum",
+        "vs ref",
         "extra mem",
         "Flower",
         "target",
@@ -295,7 +295,8 @@ fn render(rows: &[Out]) -> String {
         .iter()
         .map(|r| {
             let time = match (&r.time_ns, &r.value) {
-                (Some(ns), _) => fmt_time(*ns),
+                (Some(ns), Some((v, unit))) => format!("{} ({v:.3} {unit})", fmt_time(*ns)),
+                (Some(ns), None) => fmt_time(*ns),
                 (None, Some((v, unit))) => format!("{v:.3} {unit}"),
                 _ => "-".into(),
             };
@@ -371,6 +372,12 @@ fn render(rows: &[Out]) -> String {
     }
     if rows.is_empty() {
         out.push_str("(no results written by this run)\n");
+    } else {
+        out.push_str(
+            "time: criterion median; vs ref: the reference's time / this time, both measured in \
+             this run (aggregation: a single-threaded plain f32 sum of the same bytes); extra mem: \
+             peak heap growth during one call, in f32 models\n",
+        );
     }
     out
 }
