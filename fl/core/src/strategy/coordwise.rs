@@ -15,7 +15,7 @@
 //! and no reassociation is involved, so the instruction set never changes a bit.
 
 use super::Kept;
-use super::robust::numpy_partition;
+use super::robust::{MASK_MAX, numpy_partition, numpy_partition_masks};
 use crate::model::TensorView;
 
 /// Coordinates per network pass: 16 i32 lanes are two AVX2 registers per wire.
@@ -314,10 +314,18 @@ fn trimmed_block_generic(
     let hi = n - cut - 1;
     let kths: &[usize] = if hi == cut { &[cut] } else { &[cut, hi] };
     let count = (n - 2 * cut) as f32;
+    let mut buf = [0.0f32; MASK_MAX];
     for (v, o) in scratch.chunks_exact_mut(n).zip(out.chunks_exact_mut(4)) {
-        numpy_partition(v, kths);
+        let kept = if n <= MASK_MAX && !v.iter().any(|x| x.is_nan()) {
+            buf[..n].copy_from_slice(v);
+            numpy_partition_masks(&mut buf, n, kths);
+            &buf[cut..n - cut]
+        } else {
+            numpy_partition(v, kths);
+            &v[cut..n - cut]
+        };
         let mut acc = 0.0f32;
-        for x in &v[cut..n - cut] {
+        for x in kept {
             acc += *x;
         }
         o.copy_from_slice(&(acc / count).to_le_bytes());

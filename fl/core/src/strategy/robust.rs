@@ -327,6 +327,159 @@ pub fn numpy_partition<T: PartialOrd + Copy>(v: &mut [T], kths: &[usize]) {
     }
 }
 
+/// Values per coordinate the mask partition handles (one bit of a u64 each).
+pub(crate) const MASK_MAX: usize = 64;
+
+/// `numpy_partition` for at most 64 values without NaN, with the same swaps in the same
+/// order: each Hoare pass finds its swap pairs from two bit masks (values >= pivot, values
+/// <= pivot) instead of scanning with a data-dependent branch per value. The i-th swap
+/// exchanges the i-th >= pivot position from the left with the i-th <= pivot position from
+/// the right while the first is not right of the second, exactly the positions numpy's
+/// scans stop at; the final scans that end the pass run as numpy's.
+pub(crate) fn numpy_partition_masks(buf: &mut [f32; MASK_MAX], num: usize, kths: &[usize]) {
+    debug_assert!(num <= MASK_MAX && buf[..num].iter().all(|x| !x.is_nan()));
+    let mut pivots = PivotStack::default();
+    'kth: for &kth in kths {
+        if num == 0 || kth >= num {
+            continue;
+        }
+        let mut low = 0usize;
+        let mut high = num - 1;
+        while let Some(p) = pivots.last() {
+            if p > kth {
+                high = p - 1;
+                break;
+            } else if p == kth {
+                continue 'kth;
+            }
+            low = p + 1;
+            pivots.pop();
+        }
+        if kth - low < 3 || kth == num - 1 {
+            // the short cases: numpy's code as is
+            short_select(&mut buf[..num], kth, low, high, &mut pivots);
+            continue;
+        }
+        // (numpy's depth limit only switches to a pivot rule this replay does not use,
+        // see DIVERGENCES.md 13: both branches take the median of 3)
+        while low + 1 < high {
+            let v = &mut buf[..num];
+            let mid = low + (high - low) / 2;
+            cswap(v, high, mid);
+            cswap(v, high, low);
+            cswap(v, low, mid);
+            v.swap(mid, low + 1);
+            let pivot = buf[low];
+            let (mut ge, mut le) = pivot_masks(buf, pivot);
+            // ll scans (low + 1, high], hh scans [low + 1, high)
+            ge &= range_mask(low + 2, high);
+            le &= range_mask(low + 1, high - 1);
+            let (mut ll, mut hh) = (low + 1, high);
+            loop {
+                let p = ge.trailing_zeros() as usize;
+                let q = 63 - le.leading_zeros() as usize;
+                if q < p {
+                    break;
+                }
+                buf.swap(p, q);
+                ge &= ge - 1;
+                le &= !(1u64 << q);
+                ll = p;
+                hh = q;
+            }
+            // the scans that find the crossing, as numpy runs them
+            loop {
+                ll += 1;
+                if buf[ll] >= pivot {
+                    break;
+                }
+            }
+            loop {
+                hh -= 1;
+                if pivot >= buf[hh] {
+                    break;
+                }
+            }
+            debug_assert!(hh < ll);
+            buf.swap(low, hh);
+            if hh != kth {
+                pivots.store(hh, kth);
+            }
+            if hh >= kth {
+                high = hh.saturating_sub(1);
+            }
+            if hh <= kth {
+                low = ll;
+            }
+        }
+        if low + 1 == high && buf[high] < buf[low] {
+            buf.swap(high, low);
+        }
+        pivots.store(kth, kth);
+    }
+}
+
+/// `if v[i] < v[j] { swap }` as selects (no branch on the data).
+#[inline(always)]
+fn cswap(v: &mut [f32], i: usize, j: usize) {
+    let (x, y) = (v[i], v[j]);
+    let s = x < y;
+    v[i] = if s { y } else { x };
+    v[j] = if s { x } else { y };
+}
+
+/// Bit i of the first mask: `buf[i] >= pivot`; of the second: `buf[i] <= pivot` (no NaN).
+#[inline(always)]
+fn pivot_masks(buf: &[f32; MASK_MAX], pivot: f32) -> (u64, u64) {
+    let (mut ge, mut le) = (0u64, 0u64);
+    for (c, chunk) in buf.chunks_exact(8).enumerate() {
+        let (mut g, mut l) = (0u64, 0u64);
+        for (i, x) in chunk.iter().enumerate() {
+            g |= ((*x >= pivot) as u64) << i;
+            l |= ((*x <= pivot) as u64) << i;
+        }
+        ge |= g << (8 * c);
+        le |= l << (8 * c);
+    }
+    (ge, le)
+}
+
+/// Bits `a..=b` (b < 64).
+#[inline(always)]
+fn range_mask(a: usize, b: usize) -> u64 {
+    debug_assert!(a <= b + 1 && b < 64);
+    (u64::MAX >> (63 - b)) & (u64::MAX << a)
+}
+
+/// numpy's two short cases of one kth: `dumb_select` for a kth within 3 of `low`, the
+/// maximum scan for the last element (no NaN, so `less` is `<`).
+fn short_select(v: &mut [f32], kth: usize, low: usize, high: usize, pivots: &mut PivotStack) {
+    if kth - low < 3 {
+        for i in low..=kth {
+            let mut minidx = i;
+            let mut minval = v[i];
+            for (k, &x) in v.iter().enumerate().take(high + 1).skip(i + 1) {
+                if x < minval {
+                    minidx = k;
+                    minval = x;
+                }
+            }
+            v.swap(i, minidx);
+        }
+        pivots.store(kth, kth);
+    } else {
+        let mut maxidx = low;
+        let mut maxval = v[low];
+        for (k, &x) in v.iter().enumerate().skip(low + 1) {
+            if x >= maxval {
+                maxidx = k;
+                maxval = x;
+            }
+        }
+        v.swap(kth, maxidx);
+    }
+}
+
 /// The sum of the kept (partitioned) values as numpy's float32 `mean` over axis 0 computes it:
 /// sequentially, rounding after every addition to the input dtype (f32 and narrower); f64 and
 /// integer inputs sum in f64. Matching Flower within 1e-6 needs this: with large mixed-sign
@@ -904,6 +1057,30 @@ mod tests {
             }
         }
         assert_eq!(cases, 15 * 5 * 2 * 2);
+    }
+
+    #[test]
+    fn mask_partition_makes_numpys_swaps() {
+        let mut g = Gen(0x5151_7777_abcd_0001);
+        for round in 0..20_000u64 {
+            let n = 1 + (g.next() % 64) as usize;
+            let kind = round % 4;
+            let v: Vec<f32> = (0..n).map(|_| g.value(kind, true)).collect();
+            let a = (g.next() % n as u64) as usize;
+            let b = (g.next() % n as u64) as usize;
+            let kths: Vec<usize> = if a == b {
+                vec![a]
+            } else {
+                vec![a.min(b), a.max(b)]
+            };
+            let mut want = v.clone();
+            numpy_partition(&mut want, &kths);
+            let mut buf = [0.0f32; MASK_MAX];
+            buf[..n].copy_from_slice(&v);
+            numpy_partition_masks(&mut buf, n, &kths);
+            let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&buf[..n]), bits(&want), "n={n} kths={kths:?} v={v:?}");
+        }
     }
 
     /// The distance pass as first written (gather, transpose, materialised differences,
