@@ -354,7 +354,10 @@ impl FlModel {
         }
         let mut test = Dataset::concat(&vals).map_err(|e| format!("fl: {e}"))?;
         if test.len() > cfg.central_test_examples {
-            test = test.subset(&(0..cfg.central_test_examples).collect::<Vec<_>>());
+            // Evenly spaced over the concatenation, so every client's held-out data is
+            // represented (the first `cap` rows would be the first clients' only).
+            let (len, cap) = (test.len(), cfg.central_test_examples);
+            test = test.subset(&(0..cap).map(|i| i * len / cap).collect::<Vec<_>>());
         }
         let init = arch.init(&mut rng);
         let digest = arch

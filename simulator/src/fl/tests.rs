@@ -228,3 +228,34 @@ fn r_straggler_fault_slows_fit_in_flight() {
         .unwrap_err();
     assert!(e.contains("client 3"), "{e}");
 }
+
+/// r_central_test_set_covers_every_client: when the clients' held-out data exceeds the central
+/// test set's cap, the cap samples across all clients instead of keeping the first clients only.
+#[test]
+fn r_central_test_set_covers_every_client() {
+    let cfg = FlConfig {
+        clients: 200,
+        central_test_examples: 500,
+        ..FlConfig::default()
+    };
+    let fl = FlModel::new(cfg, &["n1".to_string()], 4).unwrap();
+    assert_eq!(fl.test.len(), 500);
+    let row =
+        |d: &Dataset, i: usize| d.features[i * d.num_features..(i + 1) * d.num_features].to_vec();
+    let test_rows: Vec<Vec<f32>> = (0..fl.test.len()).map(|i| row(&fl.test, i)).collect();
+    let last = &fl.clients[199].val;
+    let covered = (0..last.len()).any(|i| test_rows.contains(&row(last, i)));
+    let covered_clients = fl
+        .clients
+        .iter()
+        .filter(|c| (0..c.val.len()).any(|i| test_rows.contains(&row(&c.val, i))))
+        .count();
+    assert!(
+        covered,
+        "the last client's held-out data is missing from the test set"
+    );
+    assert!(
+        covered_clients > 150,
+        "{covered_clients} of 200 clients represented"
+    );
+}
