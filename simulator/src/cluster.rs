@@ -124,6 +124,8 @@ pub struct Node {
     /// Has a Longhorn disk.
     pub longhorn: bool,
     epoch: u64,
+    /// Bumped when the server process is killed: a start still pending is then void.
+    restart: u64,
 }
 
 impl Node {
@@ -477,6 +479,7 @@ impl Cluster {
                     local_path: n.disks.iter().any(|d| d.purpose == DiskPurpose::LocalPath),
                     longhorn: n.disks.iter().any(|d| d.purpose == DiskPurpose::Longhorn),
                     epoch: 0,
+                    restart: 0,
                 }
             })
             .collect();
@@ -992,6 +995,23 @@ impl World {
         self.changed();
     }
 
+    /// A restarted K3s server process is up: kube-apiserver serves, the embedded kubelet runs.
+    fn server_started(&mut self, i: usize, restart: u64) {
+        let n = &mut self.cluster.nodes[i];
+        if n.restart != restart || !n.booted || n.apiserver {
+            return;
+        }
+        n.apiserver = n.is_control_plane();
+        let epoch = n.epoch;
+        if !n.kubelet {
+            n.kubelet = true;
+            let now = self.now;
+            self.schedule(now, Event::LeaseRenew { node: i, epoch });
+        }
+        self.api_update();
+        self.changed();
+    }
+
     fn kubelet_live(&self, i: usize) -> bool {
         let n = &self.cluster.nodes[i];
         n.powered && n.booted && n.kubelet
@@ -1322,6 +1342,7 @@ impl World {
                     Process::Etcd => self.etcd_stop(i),
                     Process::Apiserver => {
                         self.cluster.nodes[i].apiserver = false;
+                        self.cluster.nodes[i].restart += 1;
                         if self.cluster.distribution == Distribution::K3s {
                             // k3s runs the kubelet inside the same process
                             self.cluster.nodes[i].kubelet = false;
@@ -1371,15 +1392,17 @@ impl World {
                         }
                     }
                     Process::Etcd => self.etcd_start(i),
+                    Process::Apiserver if self.cluster.distribution == Distribution::K3s => {
+                        // the whole K3s server restarts: it serves (and its kubelet posts
+                        // status) only once it has started
+                        let n = &self.cluster.nodes[i];
+                        if !n.apiserver {
+                            let (at, restart) = (self.now + K3S_SERVER_START_US, n.restart);
+                            self.schedule(at, Event::ServerStarted { node: i, restart });
+                        }
+                    }
                     Process::Apiserver => {
                         self.cluster.nodes[i].apiserver = self.cluster.nodes[i].is_control_plane();
-                        if self.cluster.distribution == Distribution::K3s
-                            && !self.cluster.nodes[i].kubelet
-                        {
-                            self.cluster.nodes[i].kubelet = true;
-                            let now = self.now;
-                            self.schedule(now, Event::LeaseRenew { node: i, epoch });
-                        }
                         self.api_update();
                     }
                     Process::Pod(_) => {}
@@ -1486,6 +1509,7 @@ impl World {
         match event {
             Event::BootDone { node, epoch } => self.boot_done(node, epoch),
             Event::LeaseRenew { node, epoch } => self.lease_renew(node, epoch),
+            Event::ServerStarted { node, restart } => self.server_started(node, restart),
             Event::NodeMonitor => self.node_monitor(),
             Event::EtcdTick => self.etcd_tick(),
             Event::EtcdDeliver { to, msg } => self.etcd_deliver(to, *msg),

@@ -61,6 +61,8 @@ pub(crate) enum Event {
     BootDone { node: usize, epoch: u64 },
     /// A kubelet lease renewal attempt.
     LeaseRenew { node: usize, epoch: u64 },
+    /// A restarted server process (K3s) finished starting.
+    ServerStarted { node: usize, restart: u64 },
     /// The node lifecycle controller's periodic pass.
     NodeMonitor,
     /// One Raft tick for every running etcd member.
@@ -91,6 +93,7 @@ pub(crate) enum Event {
 pub(crate) enum EventTag {
     BootDone(usize),
     LeaseRenew(usize),
+    ServerStarted(usize),
     NodeMonitor,
     EtcdTick,
     EtcdDeliver { msg_type: i32, from: u64, to: usize },
@@ -109,6 +112,7 @@ impl Event {
         match self {
             Event::BootDone { node, .. } => EventTag::BootDone(*node),
             Event::LeaseRenew { node, .. } => EventTag::LeaseRenew(*node),
+            Event::ServerStarted { node, .. } => EventTag::ServerStarted(*node),
             Event::NodeMonitor => EventTag::NodeMonitor,
             Event::EtcdTick => EventTag::EtcdTick,
             Event::EtcdDeliver { to, msg } => EventTag::EtcdDeliver {
@@ -135,6 +139,7 @@ impl std::fmt::Display for EventTag {
         match self {
             EventTag::BootDone(n) => write!(f, "boot-done node#{n}"),
             EventTag::LeaseRenew(n) => write!(f, "lease-renew node#{n}"),
+            EventTag::ServerStarted(n) => write!(f, "server-started node#{n}"),
             EventTag::NodeMonitor => write!(f, "node-monitor"),
             EventTag::EtcdTick => write!(f, "etcd-tick"),
             EventTag::EtcdDeliver { msg_type, from, to } => {

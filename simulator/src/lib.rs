@@ -69,7 +69,8 @@
 //! **Limits** (not modelled): container limits and OOM, rolling-update surge, PodDisruptionBudgets,
 //! node-controller zone disruption modes, etcd membership changes (a lost member stays lost),
 //! Longhorn replica rebuilds, CNI, control-plane static pods' own requests, the time a restarted
-//! process (kube-apiserver, kubelet, the K3s server) takes to serve again (instant here). FL
+//! kube-apiserver static pod or kubelet takes to serve again (instant here; a restarted K3s
+//! server takes [`timings::K3S_SERVER_START_US`]). FL
 //! clients are placed on nodes, not on scheduled pods.
 
 pub mod cluster;

@@ -132,3 +132,48 @@ fn r_etcd_restarts_from_persisted_state() {
     });
     assert_eq!(ready, Stop::Predicate);
 }
+
+/// r_k3s_server_restart_takes_its_start_time: restoring the killed K3s server process does not
+/// bring the API back at once: the server (apiserver, datastore, embedded kubelet) serves after
+/// its start time, and only then does the node post status again.
+#[test]
+fn r_k3s_server_restart_takes_its_start_time() {
+    use simulator::Process;
+    use simulator::timings::K3S_SERVER_START_US;
+    let mut s = sim("k3s-single", 8);
+    boot(&mut s);
+    let node = s.world().nodes()[0].name.clone();
+    s.inject(Fault::KillProcess {
+        node: node.clone(),
+        process: Process::Apiserver,
+    });
+    assert!(!s.world().api_available());
+    s.run_until(s.now() + 3 * MIN);
+    s.inject(Fault::RestoreProcess {
+        node: node.clone(),
+        process: Process::Apiserver,
+    });
+    let restored = s.now();
+    assert!(
+        !s.world().api_available(),
+        "the server serves before it started"
+    );
+    let stop = s.run_until_pred(restored + 5 * MIN, 10_000_000, |w| w.api_available());
+    assert_eq!(stop, Stop::Predicate);
+    assert_eq!(s.now() - restored, K3S_SERVER_START_US);
+    // a second kill while it starts voids that start
+    s.inject(Fault::KillProcess {
+        node: node.clone(),
+        process: Process::Apiserver,
+    });
+    s.inject(Fault::RestoreProcess {
+        node: node.clone(),
+        process: Process::Apiserver,
+    });
+    s.inject(Fault::KillProcess {
+        node: node.clone(),
+        process: Process::Apiserver,
+    });
+    s.run_until(s.now() + 2 * K3S_SERVER_START_US);
+    assert!(!s.world().api_available());
+}
