@@ -8,6 +8,8 @@
 //! measured in the same run (for the ratio of throughputs), the peak extra memory as a multiple
 //! of one model, Flower's figure for the same case, and targets checked by the table.
 
+pub mod node;
+
 use std::path::PathBuf;
 
 use serde_json::{Value, json};
