@@ -10,11 +10,11 @@
 //! Run: `cargo bench -p benches --bench round` (builds `fl` in release first if missing).
 #![allow(clippy::disallowed_methods)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use benches::node::{http, start_coordinator};
 
 use benches::{Row, Target, write_rows};
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -25,114 +25,23 @@ const MODEL: &str = "mlp-64-3495-10";
 /// The fixed local step for the overhead share.
 const LOCAL_STEP: Duration = Duration::from_millis(100);
 
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn fl_binary() -> PathBuf {
-    // <target>/release/deps/round-<hash> -> <target>/release/fl
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().unwrap().parent().unwrap().join("fl");
-    if !bin.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let ok = Command::new(cargo)
-            .args(["build", "--release", "-p", "fl-node"])
-            .status()
-            .unwrap();
-        assert!(ok.success(), "building fl in release failed");
-    }
-    bin
-}
-
-/// One HTTP/1.1 request on a fresh connection; returns (status, body).
-fn http(port: u16, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_nodelay(true).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nhost: b\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
-        body.len()
-    )
-    .unwrap();
-    s.write_all(body).unwrap();
-    let mut r = BufReader::new(s);
-    let mut line = String::new();
-    r.read_line(&mut line).unwrap();
-    let status: u16 = line
-        .split(' ')
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let mut len = None;
-    loop {
-        line.clear();
-        r.read_line(&mut line).unwrap();
-        if line == "\r\n" || line.is_empty() {
-            break;
-        }
-        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-            len = v.trim().parse::<usize>().ok();
-        }
-    }
-    let mut out = Vec::new();
-    match len {
-        Some(n) => {
-            out.resize(n, 0);
-            r.read_exact(&mut out).unwrap();
-        }
-        None => {
-            r.read_to_end(&mut out).unwrap();
-        }
-    }
-    (status, out)
-}
-
 fn bench_round(c: &mut Criterion) {
     let dir = std::env::temp_dir().join(format!("fl-round-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let n = WORKERS.to_string();
-    let coord = Kill(
-        Command::new(fl_binary())
-            .args([
-                "coordinator",
-                "--no-auth",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--model",
-                MODEL,
-            ])
-            .args([
-                "--rounds",
-                "1000000",
-                "--min-fit-clients",
-                &n,
-                "--min-available-clients",
-                &n,
-                "--data-dir",
-            ])
-            .arg(dir.join("data"))
-            .env("RUST_LOG", "warn")
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+    let (coord, port) = start_coordinator(
+        &dir.join("data"),
+        &[
+            "--model",
+            MODEL,
+            "--rounds",
+            "1000000",
+            "--min-fit-clients",
+            &n,
+            "--min-available-clients",
+            &n,
+        ],
     );
-    let t0 = Instant::now();
-    while std::panic::catch_unwind(|| http(port, "GET", "/readyz", b"").0).unwrap_or(0) != 200 {
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "coordinator did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
     for i in 0..WORKERS {
         let body = format!("{{\"client_id\":\"w{i}\"}}");
         assert_eq!(
