@@ -219,7 +219,8 @@ pub const BACKENDS: &[&str] = &["sim", "local", "containers", "kvm", "cluster"];
 pub fn by_name(name: &str, workspace_root: &Path) -> Result<Box<dyn Backend>, String> {
     match name {
         "sim" => Ok(Box::new(crate::sim::SimBackend::new(workspace_root))),
-        "local" | "containers" | "kvm" | "cluster" => Err(format!(
+        "local" => Ok(Box::new(crate::local::LocalBackend::new(workspace_root))),
+        "containers" | "kvm" | "cluster" => Err(format!(
             "backend `{name}` is not built yet; use `sim` (available: sim)"
         )),
         other => {

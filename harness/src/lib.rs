@@ -12,6 +12,7 @@ pub mod clock;
 pub mod duration;
 pub mod e2e;
 pub mod load;
+pub mod local;
 pub mod model;
 pub mod outcome;
 pub mod progress;

@@ -11,6 +11,8 @@ const USAGE: &str = "usage: cargo xtask setup <what>
          libxml2-utils (xmllint, the junit.xml schema test), postgresql (the coordinator's
          PostgreSQL metadata test) and an S3-compatible server (moto's, from PyPI, in a venv
          under target/tools/s3) for the coordinator's `--store s3://` test
+  local  what `cargo xtask e2e --backend local` runs: the `fl` binary (`cargo build -p fl-node`,
+         found next to xtask's own executable); no etcd or PostgreSQL is used by it yet
 ";
 
 /// Debian packages per target.
@@ -41,12 +43,23 @@ pub fn run(args: Vec<String>) -> Result<()> {
             print!("{USAGE}");
             Ok(())
         }
-        "local" | "flower" | "containers" | "kvm" => bail!(
-            "`cargo xtask setup {what}`: no backend that needs it is built yet (only `sim` exists, and it needs nothing)"
+        "local" => {
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let status = Command::new(&cargo)
+                .args(["build", "-p", "fl-node", "--bin", "fl"])
+                .status()
+                .context("failed to run `cargo build -p fl-node` for the local backend")?;
+            if !status.success() {
+                bail!("`cargo build -p fl-node` failed with {status}");
+            }
+            Ok(())
+        }
+        "flower" | "containers" | "kvm" => bail!(
+            "`cargo xtask setup {what}`: no backend that needs it is built yet (only `sim`, which needs nothing, and `local`)"
         ),
         other => {
             eprint!("{USAGE}");
-            bail!("unknown setup target `{other}` (expected `ci`)")
+            bail!("unknown setup target `{other}` (expected `ci` or `local`)")
         }
     }
 }

@@ -1,0 +1,1262 @@
+//! The `local` backend: real `fl coordinator` and `fl worker` processes on 127.0.0.1.
+//!
+//! Time here is wall time: `now_ms` is real milliseconds since the case started, plus any idle
+//! `wait: { duration }` taken before a process runs (nothing exists yet to wait for on this
+//! backend: the sim's cluster does not exist here, so such a wait costs no wall time and says
+//! so in its detail). Every process is started by the [`supervisor`], logs to
+//! `target/e2e/local/<case>/<process>.log` (the folder is named in `fl.start`'s detail and
+//! `collect: [logs]` copies it into the case's artifacts), and is ended by PID when the session
+//! is dropped. The coordinator's data dir is a temp dir removed after its processes are gone.
+//!
+//! Mapping of the scenario's FL workload to the binaries (the same numbers the sim backend
+//! reads, taken from the simulator's `FlConfig` defaults where the scenario is silent):
+//! clients, rounds, strategy (+ `byzantine_tolerance` as `num_malicious_clients`),
+//! `min_fit_clients` (also the clients a round waits for, as in the sim), `round_timeout`,
+//! `local_epochs`, learning rate and batch size, the seed (model init, data split, training).
+//! Data: a model with 64 inputs trains on the 8x8 digits fixture (`dirichlet_alpha` becomes a
+//! Dirichlet label split); any other model on `fl`'s FedProx Synthetic(alpha, beta) with
+//! alpha = beta = `dirichlet_alpha` (as the sim), which has 60 features, so the model's input
+//! width becomes 60 and `fl.start` says so.
+
+pub mod flbin;
+pub mod http;
+pub mod supervisor;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use fl_core::round::{FitOutcome, RoundRecord};
+
+use crate::backend::{
+    Advance, Backend, Capabilities, Check, Observations, Probe, Session, StopCheck,
+};
+use crate::load::Case;
+use crate::model::ModelSpec;
+use crate::outcome::{Marker, RoundReport, Timeline, Track};
+use crate::scenario::{
+    Assertion, ByzantineAttack, ClientSet, Collect, Fault, FlWorkload, ModelCheck, Process,
+    RoundPhase, Step, Trigger, Wait,
+};
+use flbin::FlBinary;
+use supervisor::{Spec, Supervisor};
+
+/// The scenario format's `round_timeout` default (documented there as 10m; the sim uses it too).
+const DEFAULT_ROUND_TIMEOUT_MS: u64 = 10 * 60 * 1_000;
+/// How often a session polls the coordinator while it waits.
+const POLL_MS: u64 = 50;
+/// How long a started coordinator may take to answer `/readyz` (it is up in well under 1 s
+/// on loopback; the margin covers a loaded 2-core machine).
+const READY_TIMEOUT_MS: u64 = 30_000;
+/// Worker poll interval: short, so loopback rounds are not paced by polling.
+const WORKER_POLL_MS: u64 = 50;
+/// A straggler's SIGSTOP/SIGCONT duty cycle: it runs `period / factor` of every period.
+const STRAGGLER_PERIOD_MS: u64 = 100;
+/// The admin API key the session reads the coordinator with.
+const ADMIN_KEY: &str = "harness-admin-key";
+/// The digits fixture: 64 features, 10 classes.
+const DIGITS_FIXTURE: &str = "fixtures/datasets/digits8x8.csv";
+const DIGITS_FEATURES: u32 = 64;
+/// `fl`'s FedProx Synthetic data (the paper's setting): 60 features, 10 classes.
+const SYNTHETIC_FEATURES: u32 = 60;
+const DATA_CLASSES: u32 = 10;
+
+/// Real `fl` processes on 127.0.0.1.
+pub struct LocalBackend {
+    root: PathBuf,
+    logs_root: PathBuf,
+}
+
+impl LocalBackend {
+    /// Logs go to `<workspace_root>/target/e2e/local/<case>/`.
+    pub fn new(workspace_root: &Path) -> Self {
+        Self {
+            root: workspace_root.to_path_buf(),
+            logs_root: workspace_root.join("target/e2e/local"),
+        }
+    }
+
+    /// Keep process logs under `dir/<case>/` instead.
+    pub fn with_logs_root(mut self, dir: &Path) -> Self {
+        self.logs_root = dir.to_path_buf();
+        self
+    }
+
+    /// What the local backend can do today.
+    pub fn caps() -> Capabilities {
+        let set = |v: &[&'static str]| v.iter().copied().collect::<BTreeSet<_>>();
+        Capabilities {
+            faults: set(&[
+                "kill_process",
+                "restore_process",
+                "fl_client_dropout",
+                "fl_straggler",
+                "fl_byzantine",
+            ]),
+            assertions: set(&[
+                "fl.round_completed",
+                "fl.global_model",
+                "fl.accuracy",
+                "fl.round_latency",
+                "fl.clients_aggregated",
+            ]),
+            waits: set(&["duration", "fl.round"]),
+            triggers: set(&["time", "after", "fl.round"]),
+            workloads: set(&["fl"]),
+            virtual_time: false,
+            missing_reason: "the local backend runs real `fl` coordinator and worker processes only; \
+                             no cluster, etcd or GitOps controller runs on it yet",
+        }
+    }
+
+    /// Starts a session (nothing runs until `fl.start`), typed, for tests that look at PIDs.
+    pub fn start_local(&self, case: &Case) -> Result<LocalSession, String> {
+        let fl = flbin::find_or_build_fl(&self.root)?;
+        let dir = tempfile::Builder::new()
+            .prefix("harness-local-")
+            .tempdir()
+            .map_err(|e| format!("failed to create a temp dir for case {}: {e}", case.name))?;
+        let logs = self
+            .logs_root
+            .join(crate::runner::artifact_dir_name(&case.name));
+        if logs.exists() {
+            std::fs::remove_dir_all(&logs)
+                .map_err(|e| format!("failed to clear {}: {e}", logs.display()))?;
+        }
+        std::fs::create_dir_all(&logs)
+            .map_err(|e| format!("failed to create {}: {e}", logs.display()))?;
+        Ok(LocalSession {
+            fl,
+            root: self.root.clone(),
+            workload: case.fl.clone(),
+            seed: case.seed,
+            sup: Supervisor::new(&logs),
+            dir,
+            started: Instant::now(),
+            started_epoch_ms: epoch_ms(),
+            idle_skipped_ms: 0,
+            job: None,
+            markers: Vec::new(),
+            tracks: BTreeMap::new(),
+            stragglers: Vec::new(),
+            last: None,
+            recomputed: BTreeMap::new(),
+        })
+    }
+}
+
+impl Backend for LocalBackend {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Self::caps()
+    }
+
+    fn start(&self, case: &Case) -> Result<Box<dyn Session>, String> {
+        Ok(Box::new(self.start_local(case)?))
+    }
+}
+
+fn epoch_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The FL job as started.
+struct Job {
+    addr: SocketAddr,
+    clients: u32,
+    /// Worker args by client index (without the Byzantine flag).
+    worker_args: Vec<Vec<String>>,
+    strategy: String,
+    /// `fl.start`, in ms since the epoch (the coordinator's clock).
+    started_epoch_ms: u64,
+    /// The coordinator was stopped by a fault (not a crash).
+    coordinator_killed: bool,
+}
+
+/// The coordinator's `/api/v1/fl/rounds`.
+#[derive(Debug, Clone, serde::Deserialize)]
+struct RoundsView {
+    round: u64,
+    phase: String,
+    finished: bool,
+    history: Vec<RoundRecord>,
+}
+
+struct Straggler {
+    client: u32,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    pid: u32,
+}
+
+impl Straggler {
+    fn end(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = supervisor::send_signal(self.pid, libc::SIGCONT);
+    }
+}
+
+/// A case running on real processes.
+pub struct LocalSession {
+    fl: FlBinary,
+    root: PathBuf,
+    workload: Option<FlWorkload>,
+    seed: u64,
+    sup: Supervisor,
+    dir: tempfile::TempDir,
+    started: Instant,
+    started_epoch_ms: u64,
+    idle_skipped_ms: u64,
+    job: Option<Job>,
+    markers: Vec<Marker>,
+    tracks: BTreeMap<String, Track>,
+    stragglers: Vec<Straggler>,
+    last: Option<RoundsView>,
+    /// Rounds already recomputed offline: round -> digest `fl aggregate` printed.
+    recomputed: BTreeMap<u64, String>,
+}
+
+impl Drop for LocalSession {
+    fn drop(&mut self) {
+        for s in &mut self.stragglers {
+            s.end();
+        }
+        // Processes first, then the temp dir (a field, dropped after this).
+        self.sup.kill_all();
+    }
+}
+
+/// `client-N` -> N.
+fn client_index(node: &str) -> Option<u32> {
+    node.strip_prefix("client-")?.parse().ok()
+}
+
+fn worker_name(i: u32) -> String {
+    format!("worker-{i}")
+}
+
+impl LocalSession {
+    /// PIDs of every running process, by name.
+    pub fn pids(&mut self) -> BTreeMap<String, u32> {
+        self.sup.pids()
+    }
+
+    /// Where the processes log.
+    pub fn log_dir(&self) -> &Path {
+        self.sup.log_dir()
+    }
+
+    fn track(&mut self, name: &str, state: &str) {
+        let now = self.now_ms();
+        self.tracks
+            .entry(name.to_string())
+            .or_insert_with(|| Track {
+                name: name.to_string(),
+                states: Vec::new(),
+            })
+            .push(now, state);
+    }
+
+    fn mark(&mut self, label: String) {
+        let at_ms = self.now_ms();
+        self.markers.push(Marker { at_ms, label });
+    }
+
+    fn spawn(&mut self, name: &str, args: Vec<String>) -> Result<u32, String> {
+        let pid = self
+            .sup
+            .start(
+                name,
+                Spec {
+                    program: self.fl.path.clone(),
+                    args,
+                },
+            )
+            .map_err(|e| e.to_string())?;
+        self.track(name, "running");
+        Ok(pid)
+    }
+
+    fn get_json(&self, path: &str) -> Result<(u16, Vec<u8>), String> {
+        let job = self.job.as_ref().ok_or("the FL job was never started")?;
+        http::get(job.addr, path, &[("x-api-key", ADMIN_KEY)])
+    }
+
+    /// Waits until the coordinator answers `/readyz`.
+    fn wait_ready(&mut self) -> Result<(), String> {
+        let t0 = Instant::now();
+        for _ in 0..READY_TIMEOUT_MS / POLL_MS + 1 {
+            if let Ok((200, _)) = self.get_json("/readyz") {
+                return Ok(());
+            }
+            if !self.sup.is_running("coordinator") {
+                return Err(format!(
+                    "the fl coordinator exited before it was ready (code {:?}):\n{}",
+                    self.sup.exit_code("coordinator"),
+                    self.sup.log_tail("coordinator", 15)
+                ));
+            }
+            if t0.elapsed() >= Duration::from_millis(READY_TIMEOUT_MS) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(POLL_MS));
+        }
+        Err(format!(
+            "the fl coordinator did not answer /readyz within {READY_TIMEOUT_MS} ms:\n{}",
+            self.sup.log_tail("coordinator", 15)
+        ))
+    }
+
+    /// Reads `/api/v1/fl/rounds` and keeps it for the reports.
+    fn poll(&mut self) -> Result<&RoundsView, String> {
+        let (status, body) = self.get_json("/api/v1/fl/rounds")?;
+        if status != 200 {
+            return Err(format!(
+                "GET /api/v1/fl/rounds answered {status}: {}",
+                String::from_utf8_lossy(&body)
+            ));
+        }
+        let v: RoundsView = serde_json::from_slice(&body)
+            .map_err(|e| format!("failed to parse /api/v1/fl/rounds: {e}"))?;
+        self.last = Some(v);
+        Ok(self.last.as_ref().expect("just set"))
+    }
+
+    /// Something that stops a wait: the coordinator exited without a fault asking for it.
+    fn crashed(&mut self) -> Option<String> {
+        let job = self.job.as_ref()?;
+        if job.coordinator_killed || self.sup.is_running("coordinator") {
+            return None;
+        }
+        Some(format!(
+            "the fl coordinator exited by itself (code {:?}); last log lines:\n{}",
+            self.sup.exit_code("coordinator"),
+            self.sup.log_tail("coordinator", 15)
+        ))
+    }
+
+    /// Polls until `pred` holds on the coordinator's rounds, the deadline passes or `stop`.
+    fn poll_until(
+        &mut self,
+        deadline_ms: u64,
+        stop: StopCheck<'_>,
+        pred: impl Fn(&RoundsView) -> bool,
+    ) -> Advance {
+        let budget = deadline_ms.saturating_sub(self.now_ms());
+        for _ in 0..budget / POLL_MS + 2 {
+            if stop() {
+                return Advance::Stopped;
+            }
+            if let Some(c) = self.crashed() {
+                return Advance::Halted(c);
+            }
+            // A killed coordinator does not answer: keep the last view and wait.
+            if let Ok(v) = self.poll()
+                && pred(v)
+            {
+                return Advance::Reached;
+            }
+            if self.now_ms() >= deadline_ms {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(POLL_MS));
+        }
+        Advance::DeadlinePassed(self.state_text())
+    }
+
+    fn state_text(&self) -> String {
+        match &self.last {
+            None => "the coordinator has not answered yet".into(),
+            Some(v) => format!(
+                "the coordinator is in round {} ({}), {} round(s) completed{}",
+                v.round,
+                v.phase,
+                v.history.len(),
+                if v.finished { ", job finished" } else { "" }
+            ),
+        }
+    }
+
+    /// Sleeps until `until_ms` (session time); a wait with nothing running costs no wall time.
+    fn sleep_until(&mut self, until_ms: u64, stop: StopCheck<'_>) -> Advance {
+        if self.sup.pids().is_empty() {
+            self.idle_skipped_ms += until_ms.saturating_sub(self.now_ms());
+            return Advance::Reached;
+        }
+        let budget = until_ms.saturating_sub(self.now_ms());
+        for _ in 0..budget / POLL_MS + 2 {
+            if stop() {
+                return Advance::Stopped;
+            }
+            if let Some(c) = self.crashed() {
+                return Advance::Halted(c);
+            }
+            let now = self.now_ms();
+            if now >= until_ms {
+                return Advance::Reached;
+            }
+            std::thread::sleep(Duration::from_millis(POLL_MS.min(until_ms - now)));
+        }
+        Advance::Reached
+    }
+
+    fn check_fl(&mut self, a: &Assertion) -> Check {
+        let Some(job) = self.job.as_ref() else {
+            return Check::Fail("the FL job was never started (`fl.start`)".into());
+        };
+        let job_started_epoch = job.started_epoch_ms;
+        let strategy = job.strategy.clone();
+        if let Err(e) = self.poll()
+            && self.last.is_none()
+        {
+            return Check::Fail(format!("could not read the coordinator's rounds: {e}"));
+        }
+        let Some(view) = self.last.clone() else {
+            return Check::Fail("the coordinator never answered".into());
+        };
+        let rounds = &view.history;
+        let verdict = |ok: bool, d: String| if ok { Check::Pass(d) } else { Check::Fail(d) };
+        let find = |n: u32| rounds.iter().find(|r| r.round == u64::from(n));
+        match a {
+            Assertion::FlRoundCompleted { round, within } => match find(*round) {
+                Some(r) if r.completed_ms.is_some() => {
+                    let since = r
+                        .completed_ms
+                        .unwrap_or_default()
+                        .saturating_sub(job_started_epoch);
+                    verdict(
+                        within.is_none_or(|w| since <= w.as_ms()),
+                        format!(
+                            "round {round} completed {} after the job started (wall clock), {} of {} updates accepted",
+                            crate::duration::Duration::from_ms(since),
+                            r.accepted.len(),
+                            r.selected.len()
+                        ),
+                    )
+                }
+                _ => Check::Fail(format!(
+                    "round {round} has not completed ({} done; {})",
+                    rounds.len(),
+                    self.state_text()
+                )),
+            },
+            Assertion::FlGlobalModel(ModelCheck::MatchesOfflineRecompute) => {
+                let aggregated: Vec<(u64, String)> = rounds
+                    .iter()
+                    .filter_map(|r| match &r.fit {
+                        Some(FitOutcome::Aggregated { global_digest, .. }) => {
+                            Some((r.round, global_digest.clone()))
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                if aggregated.is_empty() {
+                    return Check::Fail("no round aggregated a model to compare".into());
+                }
+                let mut bad = Vec::new();
+                for (round, want) in &aggregated {
+                    match self.recompute(*round, &strategy) {
+                        Ok(got) if &got == want => {}
+                        Ok(got) => bad.push(format!(
+                            "round {round}: coordinator {want}, `fl aggregate` {got}"
+                        )),
+                        Err(e) => return Check::Fail(e),
+                    }
+                }
+                if bad.is_empty() {
+                    Check::Pass(format!(
+                        "{} aggregated round(s): the coordinator's global model digests equal `fl export-round` + `fl aggregate` of the stored updates ({strategy})",
+                        aggregated.len()
+                    ))
+                } else {
+                    Check::Fail(format!("digests differ: {}", bad.join("; ")))
+                }
+            }
+            Assertion::FlAccuracy {
+                round,
+                at_least,
+                at_most,
+            } => {
+                let r = match round {
+                    Some(n) => find(*n),
+                    None => rounds.iter().rev().find(|r| accuracy(r).is_some()),
+                };
+                let Some((n, acc)) = r.and_then(|r| accuracy(r).map(|a| (r.round, a))) else {
+                    return Check::Fail(format!(
+                        "no centralised accuracy for round {} yet ({} rounds completed)",
+                        round.map_or("(last)".to_string(), |n| n.to_string()),
+                        rounds.len()
+                    ));
+                };
+                verdict(
+                    at_least.is_none_or(|v| acc >= v) && at_most.is_none_or(|v| acc <= v),
+                    format!(
+                        "accuracy after round {n} is {acc:.4} (wanted{}{})",
+                        at_least.map_or(String::new(), |v| format!(" >= {v}")),
+                        at_most.map_or(String::new(), |v| format!(" <= {v}"))
+                    ),
+                )
+            }
+            Assertion::FlRoundLatency { p50, p95, p99 } => {
+                let mut lat: Vec<u64> = rounds.iter().filter_map(latency_ms).collect();
+                if lat.is_empty() {
+                    return Check::Fail("no round completed".into());
+                }
+                lat.sort_unstable();
+                let mut ok = true;
+                let mut parts = Vec::new();
+                for (name, q, lim) in [("p50", 0.5, p50), ("p95", 0.95, p95), ("p99", 0.99, p99)] {
+                    let v = percentile(&lat, q);
+                    if let Some(l) = lim {
+                        ok &= v <= l.as_ms();
+                        parts.push(format!(
+                            "{name} {} (limit {l})",
+                            crate::duration::Duration::from_ms(v)
+                        ));
+                    }
+                }
+                verdict(
+                    ok,
+                    format!(
+                        "wall-clock round latency over {} rounds: {}",
+                        lat.len(),
+                        parts.join(", ")
+                    ),
+                )
+            }
+            Assertion::FlClientsAggregated {
+                round,
+                at_least,
+                at_most,
+            } => match find(*round) {
+                None => Check::Fail(format!("round {round} has not completed")),
+                Some(r) => {
+                    let n = r.accepted.len() as u32;
+                    verdict(
+                        at_least.is_none_or(|m| n >= m) && at_most.is_none_or(|m| n <= m),
+                        format!(
+                            "round {round} aggregated {n} of {} selected updates ({} failures)",
+                            r.selected.len(),
+                            r.failures.len()
+                        ),
+                    )
+                }
+            },
+            other => Check::Skip(format!(
+                "the `local` backend cannot check `{}`",
+                other.kind()
+            )),
+        }
+    }
+
+    /// `fl export-round` + `fl aggregate` of a stored round; the digest `fl aggregate` printed.
+    fn recompute(&mut self, round: u64, strategy: &str) -> Result<String, String> {
+        if let Some(d) = self.recomputed.get(&round) {
+            return Ok(d.clone());
+        }
+        let data = self.dir.path().join("coordinator");
+        let out = self.dir.path().join(format!("export-{round}"));
+        let run = |args: Vec<String>, what: &str| -> Result<String, String> {
+            let o = std::process::Command::new(&self.fl.path)
+                .args(&args)
+                .output()
+                .map_err(|e| format!("failed to run `fl {what}` for round {round}: {e}"))?;
+            if !o.status.success() {
+                return Err(format!(
+                    "`fl {what}` failed for round {round}: {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                ));
+            }
+            Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+        };
+        let _ = std::fs::remove_dir_all(&out);
+        run(
+            vec![
+                "export-round".into(),
+                "--data-dir".into(),
+                data.display().to_string(),
+                "--round".into(),
+                round.to_string(),
+                "--to".into(),
+                out.display().to_string(),
+            ],
+            "export-round",
+        )?;
+        let info_path = out.join("round.json");
+        let info: serde_json::Value = std::fs::read(&info_path)
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+            .map_err(|e| format!("failed to read {}: {e}", info_path.display()))?;
+        let mut args: Vec<String> = vec![
+            "aggregate".into(),
+            "--strategy".into(),
+            info["strategy"].as_str().unwrap_or(strategy).to_string(),
+            "--updates".into(),
+            out.display().to_string(),
+            "--global".into(),
+            out.join("global/base.safetensors").display().to_string(),
+            "--state".into(),
+            out.join("global/strategy-state.safetensors")
+                .display()
+                .to_string(),
+            "--round".into(),
+            round.to_string(),
+            "--seed".into(),
+            info["dp_seed"].to_string(),
+            "--out".into(),
+            out.join("recomputed.safetensors").display().to_string(),
+        ];
+        if let Some(params) = info["strategy_params"].as_object() {
+            for (k, v) in params {
+                let v = v
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| v.to_string());
+                args.push("--param".into());
+                args.push(format!("{k}={v}"));
+            }
+        }
+        let stdout = run(args, "aggregate")?;
+        let digest = stdout
+            .lines()
+            .map(str::trim)
+            .rfind(|l| !l.is_empty())
+            .ok_or_else(|| format!("`fl aggregate` printed no digest for round {round}"))?
+            .to_string();
+        self.recomputed.insert(round, digest.clone());
+        Ok(digest)
+    }
+
+    /// Indices of the job's clients a set picks.
+    fn clients_of(&self, set: &ClientSet, kind: &str) -> Result<Vec<u32>, String> {
+        let job = self
+            .job
+            .as_ref()
+            .ok_or_else(|| format!("`{kind}` needs a running FL job (`fl.start` first)"))?;
+        let ids = set.resolve(job.clients);
+        if ids.is_empty() {
+            return Err(format!("`{kind}` selects no client"));
+        }
+        Ok(ids)
+    }
+
+    fn end_straggler(&mut self, client: u32) {
+        for s in self.stragglers.iter_mut().filter(|s| s.client == client) {
+            s.end();
+        }
+        self.stragglers.retain(|s| s.client != client);
+    }
+
+    fn kill_worker(&mut self, i: u32) -> Result<u32, String> {
+        self.end_straggler(i);
+        let name = worker_name(i);
+        let pid = self.sup.kill(&name).map_err(|e| e.to_string())?;
+        self.track(&name, "killed");
+        Ok(pid)
+    }
+
+    fn inject_fl(&mut self, fault: &Fault) -> Result<String, String> {
+        let kind = fault.kind();
+        let text = match fault {
+            Fault::FlClientDropout(set) => {
+                let ids = self.clients_of(set, kind)?;
+                let mut done = Vec::new();
+                for i in ids {
+                    let pid = self.kill_worker(i)?;
+                    done.push(format!("client-{i} (pid {pid})"));
+                }
+                format!(
+                    "fl_client_dropout: SIGKILL {} (they stop answering)",
+                    done.join(", ")
+                )
+            }
+            Fault::FlStraggler { clients, factor } => {
+                if !(factor.is_finite() && *factor >= 1.0) {
+                    return Err(format!(
+                        "fl_straggler factor {factor} must be a finite number >= 1"
+                    ));
+                }
+                let ids = self.clients_of(clients, kind)?;
+                let run_ms = ((STRAGGLER_PERIOD_MS as f64 / factor).round() as u64).max(1);
+                let stop_ms = STRAGGLER_PERIOD_MS.saturating_sub(run_ms);
+                let mut done = Vec::new();
+                for i in ids {
+                    self.end_straggler(i);
+                    let name = worker_name(i);
+                    let pid = self
+                        .sup
+                        .pid(&name)
+                        .ok_or_else(|| format!("client-{i} is not running"))?;
+                    let stop = Arc::new(AtomicBool::new(false));
+                    let flag = stop.clone();
+                    let thread = std::thread::Builder::new()
+                        .name(format!("straggle-{name}"))
+                        .spawn(move || duty_cycle(pid, run_ms, stop_ms, &flag))
+                        .map_err(|e| format!("failed to start the straggler of {name}: {e}"))?;
+                    self.stragglers.push(Straggler {
+                        client: i,
+                        stop,
+                        thread: Some(thread),
+                        pid,
+                    });
+                    self.track(&name, "straggling");
+                    done.push(format!("client-{i} (pid {pid})"));
+                }
+                format!(
+                    "fl_straggler x{factor}: {} run {run_ms} ms of every {STRAGGLER_PERIOD_MS} ms (SIGSTOP/SIGCONT)",
+                    done.join(", ")
+                )
+            }
+            Fault::FlByzantine {
+                clients,
+                attack,
+                scale,
+            } => {
+                let flag = match attack {
+                    ByzantineAttack::SignFlip => format!("scale={}", -scale),
+                    ByzantineAttack::Scale => format!("scale={scale}"),
+                    ByzantineAttack::GaussianNoise => format!("noise={scale}"),
+                };
+                let ids = self.clients_of(clients, kind)?;
+                let mut done = Vec::new();
+                for i in ids {
+                    let name = worker_name(i);
+                    let mut args = self
+                        .job
+                        .as_ref()
+                        .and_then(|j| j.worker_args.get(i as usize).cloned())
+                        .ok_or_else(|| format!("client-{i} is not part of the job"))?;
+                    args.extend(["--byzantine".to_string(), flag.clone()]);
+                    if self.sup.is_running(&name) {
+                        self.kill_worker(i)?;
+                    }
+                    let pid = self.spawn(&name, args)?;
+                    self.track(&name, "byzantine");
+                    done.push(format!("client-{i} (pid {pid})"));
+                }
+                format!(
+                    "fl_byzantine: restarted {} with --byzantine {flag}",
+                    done.join(", ")
+                )
+            }
+            _ => return Err(format!("`{kind}` is not an FL fault")),
+        };
+        self.mark(text.clone());
+        Ok(format!(
+            "{text} at {}",
+            crate::duration::Duration::from_ms(self.now_ms())
+        ))
+    }
+
+    /// The process a `kill_process`/`restore_process` names, as a supervisor name.
+    fn process_name(node: &str, process: Process) -> Result<String, String> {
+        match process {
+            Process::FlCoordinator => Ok("coordinator".into()),
+            Process::FlWorker => client_index(node).map(worker_name).ok_or_else(|| {
+                format!("an fl-worker is named by its client on the local backend (`client-N`), not `{node}`")
+            }),
+            other => Err(format!(
+                "the local backend runs no `{}` process",
+                serde_json::to_value(other)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default()
+            )),
+        }
+    }
+}
+
+/// A straggler: SIGSTOP for `stop_ms`, SIGCONT for `run_ms`, until `stop` is set.
+fn duty_cycle(pid: u32, run_ms: u64, stop_ms: u64, stop: &AtomicBool) {
+    // At most one day of cycles; a case never lasts that long.
+    let max_cycles = 24 * 3_600_000 / STRAGGLER_PERIOD_MS;
+    for _ in 0..max_cycles {
+        if stop.load(Ordering::SeqCst) || stop_ms == 0 {
+            break;
+        }
+        if supervisor::send_signal(pid, libc::SIGSTOP).is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(stop_ms));
+        let _ = supervisor::send_signal(pid, libc::SIGCONT);
+        std::thread::sleep(Duration::from_millis(run_ms));
+    }
+    let _ = supervisor::send_signal(pid, libc::SIGCONT);
+}
+
+fn accuracy(r: &RoundRecord) -> Option<f64> {
+    r.central.as_ref()?.metrics.get("accuracy").copied()
+}
+
+fn latency_ms(r: &RoundRecord) -> Option<u64> {
+    Some(r.completed_ms?.saturating_sub(r.started_ms))
+}
+
+/// Nearest-rank percentile of `v` (sorted ascending), `q` in (0, 1].
+fn percentile(v: &[u64], q: f64) -> u64 {
+    if v.is_empty() {
+        return 0;
+    }
+    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
+    v[rank - 1]
+}
+
+/// Whether the coordinator shows round `want` reaching `phase`.
+fn reached(v: &RoundsView, want: u64, phase: RoundPhase) -> bool {
+    if v.finished
+        || v.history
+            .iter()
+            .any(|r| r.round >= want && r.completed_ms.is_some())
+    {
+        return true;
+    }
+    let rank = |p: &str| match p {
+        "idle" | "waiting-for-clients" => 0,
+        "fit" => 1,
+        "aggregating" => 2,
+        "central-evaluation" | "evaluate" => 3,
+        _ => 4,
+    };
+    let need = match phase {
+        RoundPhase::Fit => 1,
+        RoundPhase::Aggregate => 2,
+        RoundPhase::Evaluate => 3,
+        RoundPhase::Done => 5,
+    };
+    v.round > want || (v.round == want && rank(&v.phase) >= need)
+}
+
+/// The binaries' flags for a scenario's FL workload.
+struct Plan {
+    model: String,
+    dataset: String,
+    partition: String,
+    note: Option<String>,
+}
+
+fn plan(root: &Path, w: &FlWorkload) -> Result<Plan, String> {
+    let spec = ModelSpec::parse(&w.model)?;
+    let (inputs, hidden, classes) = match spec {
+        ModelSpec::Softmax { inputs, classes } => (inputs, None, classes),
+        ModelSpec::Mlp {
+            inputs,
+            hidden,
+            classes,
+        } => (inputs, Some(hidden), classes),
+    };
+    if classes != DATA_CLASSES {
+        return Err(format!(
+            "model `{}`: the `fl` binary's datasets (8x8 digits, FedProx Synthetic) have {DATA_CLASSES} classes, not {classes}",
+            w.model
+        ));
+    }
+    let model_with = |i: u32| match hidden {
+        None => format!("softmax-{i}-{classes}"),
+        Some(h) => format!("mlp-{i}-{h}-{classes}"),
+    };
+    let sim = simulator::fl::FlConfig::default();
+    if inputs == DIGITS_FEATURES {
+        return Ok(Plan {
+            model: w.model.clone(),
+            dataset: format!("digits={}", root.join(DIGITS_FIXTURE).display()),
+            partition: w
+                .dirichlet_alpha
+                .map_or("iid".into(), |a| format!("dirichlet={a}")),
+            note: None,
+        });
+    }
+    let alpha = w.dirichlet_alpha.unwrap_or(sim.alpha);
+    let beta = w.dirichlet_alpha.unwrap_or(sim.beta);
+    let model = model_with(SYNTHETIC_FEATURES);
+    let note = (inputs != SYNTHETIC_FEATURES).then(|| {
+        format!(
+            "model `{}` trained as `{model}`: `fl`'s FedProx Synthetic data has {SYNTHETIC_FEATURES} features",
+            w.model
+        )
+    });
+    Ok(Plan {
+        model,
+        dataset: format!("synthetic:{alpha},{beta}"),
+        partition: "iid".into(),
+        note,
+    })
+}
+
+impl Session for LocalSession {
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64 + self.idle_skipped_ms
+    }
+
+    fn unsupported(&self, step: &Step) -> Option<String> {
+        match step.fault.as_ref()? {
+            Fault::KillProcess { node, process } | Fault::RestoreProcess { node, process } => {
+                Self::process_name(node, *process).err()
+            }
+            _ => None,
+        }
+    }
+
+    fn unsupported_assertion(&self, _a: &Assertion) -> Option<String> {
+        None
+    }
+
+    fn advance_until(
+        &mut self,
+        probe: Probe<'_>,
+        deadline_ms: u64,
+        stop: StopCheck<'_>,
+    ) -> Advance {
+        match probe {
+            Probe::Wait(Wait {
+                duration: Some(d), ..
+            }) => {
+                let until = self.now_ms().saturating_add(d.as_ms());
+                self.sleep_until(until, stop)
+            }
+            Probe::Wait(Wait {
+                fl_round: Some(r), ..
+            }) => {
+                if self.job.is_none() {
+                    return Advance::Halted(
+                        "waiting on an FL round needs a running FL job (`fl.start` first)".into(),
+                    );
+                }
+                let r = u64::from(*r);
+                self.poll_until(deadline_ms, stop, move |v| reached(v, r, RoundPhase::Done))
+            }
+            Probe::Wait(_) => Advance::Halted("the local backend cannot wait for this".into()),
+            Probe::Trigger(t) => self.trigger(t, deadline_ms, stop),
+            Probe::Assertion(a) => {
+                let budget = deadline_ms.saturating_sub(self.now_ms());
+                for _ in 0..budget / POLL_MS + 2 {
+                    if stop() {
+                        return Advance::Stopped;
+                    }
+                    if let Check::Pass(_) = self.check_fl(a) {
+                        return Advance::Reached;
+                    }
+                    if self.now_ms() >= deadline_ms {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(POLL_MS));
+                }
+                Advance::DeadlinePassed(self.state_text())
+            }
+        }
+    }
+
+    fn inject(&mut self, fault: &Fault) -> Result<String, String> {
+        match fault {
+            Fault::KillProcess { node, process } => {
+                let name = Self::process_name(node, *process)?;
+                let pid = if name == "coordinator" {
+                    let job = self.job.as_mut().ok_or("the FL job was never started")?;
+                    job.coordinator_killed = true;
+                    let pid = self.sup.kill(&name).map_err(|e| e.to_string())?;
+                    self.track(&name, "killed");
+                    pid
+                } else {
+                    let i = client_index(node).unwrap_or_default();
+                    self.kill_worker(i)?
+                };
+                let text = format!("kill_process: SIGKILL {name} (pid {pid})");
+                self.mark(text.clone());
+                Ok(text)
+            }
+            Fault::RestoreProcess { node, process } => {
+                let name = Self::process_name(node, *process)?;
+                let pid = self.sup.restart(&name).map_err(|e| e.to_string())?;
+                self.track(&name, "running");
+                if name == "coordinator" {
+                    self.wait_ready()?;
+                    if let Some(j) = self.job.as_mut() {
+                        j.coordinator_killed = false;
+                    }
+                }
+                let text = format!(
+                    "restore_process: {name} started again with the same flags (pid {pid})"
+                );
+                self.mark(text.clone());
+                Ok(text)
+            }
+            Fault::FlClientDropout(_) | Fault::FlStraggler { .. } | Fault::FlByzantine { .. } => {
+                self.inject_fl(fault)
+            }
+            other => Err(format!(
+                "the `local` backend cannot inject `{}`",
+                other.kind()
+            )),
+        }
+    }
+
+    fn start_fl(&mut self) -> Result<String, String> {
+        if self.job.is_some() {
+            return Err("the FL job is already running (a second `fl.start`)".into());
+        }
+        let w = self
+            .workload
+            .clone()
+            .ok_or("`fl.start` needs a `workload.fl` in the scenario")?;
+        let p = plan(&self.root, &w)?;
+        let sim = simulator::fl::FlConfig::default();
+        let port = supervisor::free_port()
+            .map_err(|e| format!("failed to find a free port on 127.0.0.1: {e}"))?;
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let dir = self.dir.path().to_path_buf();
+        let mut keys = format!("{ADMIN_KEY} admin\n");
+        for i in 0..w.clients {
+            keys.push_str(&format!("key-{i} client-{i}\n"));
+        }
+        let keys_path = dir.join("api-keys");
+        std::fs::write(&keys_path, keys)
+            .map_err(|e| format!("failed to write {}: {e}", keys_path.display()))?;
+        let min_fit = w.min_fit_clients.unwrap_or(w.clients).max(1);
+        let timeout_ms = w
+            .round_timeout
+            .map(|d| d.as_ms())
+            .unwrap_or(DEFAULT_ROUND_TIMEOUT_MS);
+        let seed = self.seed.to_string();
+        let mut coord: Vec<String> = [
+            "coordinator",
+            "--listen",
+            &addr.to_string(),
+            "--data-dir",
+            &dir.join("coordinator").display().to_string(),
+            "--api-keys",
+            &keys_path.display().to_string(),
+            "--strategy",
+            w.strategy.as_str(),
+            "--model",
+            &p.model,
+            "--seed",
+            &seed,
+            "--rounds",
+            &w.rounds.to_string(),
+            "--min-fit-clients",
+            &min_fit.to_string(),
+            "--min-available-clients",
+            &min_fit.to_string(),
+            "--round-timeout-ms",
+            &timeout_ms.to_string(),
+            "--eval-data",
+            &p.dataset,
+            "--data-clients",
+            &w.clients.to_string(),
+            "--data-seed",
+            &seed,
+            "--test-fraction",
+            &sim.test_fraction.to_string(),
+            "--epochs",
+            &w.local_epochs.to_string(),
+            "--learning-rate",
+            &sim.train.learning_rate.to_string(),
+            "--batch-size",
+            &sim.train.batch_size.to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if let Some(f) = w.byzantine_tolerance {
+            coord.extend([
+                "--strategy-param".to_string(),
+                format!("num_malicious_clients={f}"),
+            ]);
+        }
+        let url = format!("http://{addr}");
+        let worker_args: Vec<Vec<String>> = (0..w.clients)
+            .map(|i| {
+                [
+                    "worker",
+                    "--coordinator",
+                    &url,
+                    "--client-id",
+                    &format!("client-{i}"),
+                    "--api-key",
+                    &format!("key-{i}"),
+                    "--dataset",
+                    &p.dataset,
+                    "--partition",
+                    &p.partition,
+                    "--num-clients",
+                    &w.clients.to_string(),
+                    "--client-index",
+                    &i.to_string(),
+                    "--test-fraction",
+                    &sim.test_fraction.to_string(),
+                    "--data-seed",
+                    &seed,
+                    "--seed",
+                    &seed,
+                    "--poll-ms",
+                    &WORKER_POLL_MS.to_string(),
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .collect()
+            })
+            .collect();
+        self.job = Some(Job {
+            addr,
+            clients: w.clients,
+            worker_args: worker_args.clone(),
+            strategy: w.strategy.as_str().to_string(),
+            started_epoch_ms: epoch_ms(),
+            coordinator_killed: false,
+        });
+        self.spawn("coordinator", coord)?;
+        self.wait_ready()?;
+        for (i, args) in worker_args.into_iter().enumerate() {
+            self.spawn(&worker_name(i as u32), args)?;
+        }
+        Ok(format!(
+            "FL job started on real processes: fl coordinator on {addr} + {} fl workers, {} rounds, strategy {}, model {}, data {}{}; fl binary {} ({}); logs in {}",
+            w.clients,
+            w.rounds,
+            w.strategy.as_str(),
+            p.model,
+            p.dataset,
+            p.note.map(|n| format!(" ({n})")).unwrap_or_default(),
+            self.fl.path.display(),
+            self.fl.how,
+            self.sup.log_dir().display()
+        ))
+    }
+
+    fn check(&mut self, a: &Assertion) -> Check {
+        self.check_fl(a)
+    }
+
+    fn collect(&mut self, what: &[Collect], dir: &Path) -> Result<Vec<String>, String> {
+        let mut files = Vec::new();
+        for c in what {
+            match c {
+                Collect::Logs => {
+                    for (name, log, _) in self.sup.logs() {
+                        let to = dir.join(format!("{name}.log"));
+                        std::fs::copy(&log, &to).map_err(|e| {
+                            format!("failed to copy {} to {}: {e}", log.display(), to.display())
+                        })?;
+                        files.push(format!("{name}.log"));
+                    }
+                }
+                Collect::Metrics => {
+                    let m = self.observations().metrics;
+                    let to = dir.join("metrics.json");
+                    std::fs::write(&to, serde_json::to_string_pretty(&m).unwrap_or_default())
+                        .map_err(|e| format!("failed to write {}: {e}", to.display()))?;
+                    files.push("metrics.json".into());
+                }
+                Collect::Trace | Collect::Events => {
+                    let mut s = String::new();
+                    for m in &self.markers {
+                        s.push_str(&format!("{} {}\n", m.at_ms, m.label));
+                    }
+                    let name = if matches!(c, Collect::Trace) {
+                        "trace.txt"
+                    } else {
+                        "events.txt"
+                    };
+                    let to = dir.join(name);
+                    std::fs::write(&to, s)
+                        .map_err(|e| format!("failed to write {}: {e}", to.display()))?;
+                    files.push(name.into());
+                }
+            }
+        }
+        Ok(files)
+    }
+
+    fn observations(&self) -> Observations {
+        // Coordinator times are ms since the epoch; session time adds the idle waits skipped
+        // before `fl.start`.
+        let rel = |t: u64| t.saturating_sub(self.started_epoch_ms) + self.idle_skipped_ms;
+        let rounds: Vec<RoundReport> = self
+            .last
+            .iter()
+            .flat_map(|v| v.history.iter())
+            .filter_map(|r| {
+                let done = r.completed_ms?;
+                Some(RoundReport {
+                    round: r.round as u32,
+                    started_ms: rel(r.started_ms),
+                    finished_ms: rel(done),
+                    latency_ms: done.saturating_sub(r.started_ms),
+                    clients_aggregated: r.accepted.len() as u32,
+                    loss: r.central.as_ref().map(|c| c.loss),
+                    accuracy: accuracy(r),
+                })
+            })
+            .collect();
+        let mut metrics = BTreeMap::new();
+        let mut lat: Vec<u64> = rounds.iter().map(|r| r.latency_ms).collect();
+        lat.sort_unstable();
+        if !lat.is_empty() {
+            metrics.insert("fl_round_p50_ms".to_string(), percentile(&lat, 0.5) as f64);
+            metrics.insert("fl_round_p95_ms".to_string(), percentile(&lat, 0.95) as f64);
+        }
+        if let Some(a) = rounds.iter().rev().find_map(|r| r.accuracy) {
+            metrics.insert("fl_final_accuracy".to_string(), a);
+        }
+        metrics.insert(
+            "local_idle_wait_skipped_ms".to_string(),
+            self.idle_skipped_ms as f64,
+        );
+        Observations {
+            timeline: Timeline {
+                nodes: self.tracks.values().cloned().collect(),
+                apps: Vec::new(),
+                faults: self.markers.clone(),
+            },
+            rounds,
+            metrics,
+            trace_hash: None,
+            violations: Vec::new(),
+            backend_repro: None,
+        }
+    }
+}
+
+impl LocalSession {
+    fn trigger(&mut self, t: &Trigger, deadline_ms: u64, stop: StopCheck<'_>) -> Advance {
+        if let Some(at) = t.time {
+            let out = self.sleep_until(at.as_ms().min(deadline_ms), stop);
+            if out == Advance::Reached && self.now_ms() < at.as_ms() {
+                return Advance::DeadlinePassed(format!(
+                    "the case is at {} (wall clock)",
+                    crate::duration::Duration::from_ms(self.now_ms())
+                ));
+            }
+            return out;
+        }
+        if let Some(after) = t.after {
+            let until = self.now_ms().saturating_add(after.as_ms()).min(deadline_ms);
+            return self.sleep_until(until, stop);
+        }
+        match t.fl_round {
+            Some(r) => {
+                if self.job.is_none() {
+                    return Advance::Halted(
+                        "a trigger on an FL round needs a running FL job (`fl.start` first)".into(),
+                    );
+                }
+                let phase = t.phase.unwrap_or(RoundPhase::Fit);
+                let r = u64::from(r);
+                self.poll_until(deadline_ms, stop, move |v| reached(v, r, phase))
+            }
+            None => Advance::Halted("a trigger without a condition".into()),
+        }
+    }
+}
