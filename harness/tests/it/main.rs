@@ -6,6 +6,7 @@ mod baseline;
 mod browser;
 mod errors;
 mod junit;
+mod local;
 mod runner;
 mod schema;
 mod support;
