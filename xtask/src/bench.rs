@@ -14,8 +14,44 @@ use std::time::SystemTime;
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-const USAGE: &str =
-    "usage: cargo xtask bench [NAME...]   (NAME: a [[bench]] of benches/Cargo.toml)";
+const USAGE: &str = "usage: cargo xtask bench [NAME...]   (NAME: a [[bench]] of benches/Cargo.toml, or `e2e`: the default suite's wall time)";
+
+/// The pseudo-bench timing `cargo xtask e2e` (the default suite on the sim backend).
+const E2E: &str = "e2e";
+/// Issue target: the default suite in <= 60 s wall on 2 cores after the build.
+const E2E_TARGET_MS: f64 = 60_000.0;
+
+/// Runs the default suite as a user does (this same xtask build, `e2e` with no arguments) and
+/// writes its wall time as a row of `<target>/bench-results/e2e.json`.
+fn bench_e2e(target: &Path) -> Result<()> {
+    eprintln!("== cargo xtask e2e (timed)");
+    let exe = std::env::current_exe().context("locating the xtask binary")?;
+    #[allow(clippy::disallowed_methods)] // a bench measures wall time
+    let t0 = std::time::Instant::now();
+    let status = Command::new(exe)
+        .arg("e2e")
+        .status()
+        .context("running the e2e suite")?;
+    let wall_ms = t0.elapsed().as_secs_f64() * 1e3;
+    if !status.success() {
+        bail!("the default suite failed ({status}); its time is not a result");
+    }
+    let dir = target.join("bench-results");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let doc = serde_json::json!({
+        "bench": E2E,
+        "rows": [{
+            "case": "default e2e suite on the sim backend (wall, after the build)",
+            "value": wall_ms,
+            "unit": "ms",
+            "targets": [{"metric": "value", "op": "<=", "value": E2E_TARGET_MS}],
+        }],
+    });
+    let path = dir.join("e2e.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&doc)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
 
 pub fn run(args: Vec<String>) -> Result<()> {
     if args.iter().any(|a| a == "-h" || a == "--help") {
@@ -24,7 +60,9 @@ pub fn run(args: Vec<String>) -> Result<()> {
     }
     let root = crate::workspace_root();
     let manifest = root.join("benches/Cargo.toml");
-    let known = bench_names(&manifest)?;
+    let mut known = bench_names(&manifest)?;
+    // Not a criterion bench: the default e2e suite's wall time on the sim backend.
+    known.push(E2E.to_owned());
     let selected = if args.is_empty() {
         known.clone()
     } else {
@@ -51,6 +89,13 @@ pub fn run(args: Vec<String>) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut failed = Vec::new();
     for name in &selected {
+        if name == E2E {
+            if let Err(e) = bench_e2e(&target) {
+                eprintln!("bench `{E2E}` failed: {e:#}");
+                failed.push(name.clone());
+            }
+            continue;
+        }
         eprintln!("== cargo bench -p benches --bench {name}");
         let status = Command::new(&cargo)
             .args(["bench", "-p", "benches", "--bench", name])
