@@ -53,6 +53,19 @@ pub(crate) fn install_crypto_provider() {
     });
 }
 
+/// The engine a test needs, or `None` after a loud SKIPPED line on a developer machine that
+/// lacks it; under `CI=true` a missing engine fails the test.
+pub(crate) fn require<T>(test: &str, engine: &str, got: Result<T, String>) -> Option<T> {
+    match got {
+        Ok(v) => Some(v),
+        Err(why) if std::env::var("CI").as_deref() != Ok("true") => {
+            eprintln!("\n*** SKIPPED {test}: {why} ***\n");
+            None
+        }
+        Err(why) => panic!("{engine} is required in CI: {why}"),
+    }
+}
+
 pub(crate) fn fl() -> Command {
     Command::new(env!("CARGO_BIN_EXE_fl"))
 }

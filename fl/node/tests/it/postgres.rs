@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::node::{Cluster, fl};
+use crate::node::{Cluster, fl, require};
 
 /// The non-root user PostgreSQL runs as (initdb refuses root).
 const PG_USER: &str = "fltest";
@@ -142,15 +142,12 @@ fn start_postgres() -> Result<Postgres, String> {
 
 #[test]
 fn postgres_metadata_survives_sigkill_and_feeds_export_round() {
-    let pg = match start_postgres() {
-        Ok(pg) => pg,
-        Err(why) if std::env::var("CI").as_deref() != Ok("true") => {
-            eprintln!(
-                "\n*** SKIPPED postgres_metadata_survives_sigkill_and_feeds_export_round: {why} ***\n"
-            );
-            return;
-        }
-        Err(why) => panic!("PostgreSQL is required in CI: {why}"),
+    let Some(pg) = require(
+        "postgres_metadata_survives_sigkill_and_feeds_export_round",
+        "PostgreSQL",
+        start_postgres(),
+    ) else {
+        return;
     };
     let url = format!("postgres://postgres@127.0.0.1:{}/postgres", pg.port);
     let clients = ["a", "b", "c"];

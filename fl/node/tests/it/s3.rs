@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::node::{Cluster, fl, install_crypto_provider};
+use crate::node::{Cluster, fl, install_crypto_provider, require};
 
 const BUCKET: &str = "fl-models";
 
@@ -81,6 +81,22 @@ fn start_s3() -> Result<S3Server, String> {
     }
 }
 
+/// The coordinator's flags for `s3://BUCKET/<prefix>` on the test server.
+fn store_args(port: u16, prefix: &str) -> Vec<String> {
+    let mut v = vec!["--store".to_owned(), format!("s3://{BUCKET}/{prefix}")];
+    for opt in [
+        format!("endpoint=http://127.0.0.1:{port}"),
+        "allow_http=true".to_owned(),
+        "region=us-east-1".to_owned(),
+        "access_key_id=test".to_owned(),
+        "secret_access_key=test".to_owned(),
+    ] {
+        v.push("--store-option".to_owned());
+        v.push(opt);
+    }
+    v
+}
+
 /// Keys under `prefix` in the bucket (ListObjectsV2, parsed just enough).
 fn list_keys(port: u16, prefix: &str) -> Vec<String> {
     let body = reqwest::blocking::get(format!(
@@ -98,33 +114,16 @@ fn list_keys(port: u16, prefix: &str) -> Vec<String> {
 
 #[test]
 fn s3_store_keeps_acknowledged_updates_across_sigkill_on_an_empty_data_dir() {
-    let s3 = match start_s3() {
-        Ok(s) => s,
-        Err(why) if std::env::var("CI").as_deref() != Ok("true") => {
-            eprintln!(
-                "\n*** SKIPPED s3_store_keeps_acknowledged_updates_across_sigkill_on_an_empty_data_dir: {why} ***\n"
-            );
-            return;
-        }
-        Err(why) => panic!("an S3 server is required in CI: {why}"),
+    let Some(s3) = require(
+        "s3_store_keeps_acknowledged_updates_across_sigkill_on_an_empty_data_dir",
+        "an S3 server",
+        start_s3(),
+    ) else {
+        return;
     };
     let meta = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", meta.path().join("meta.sqlite").display());
-    let endpoint = format!("endpoint=http://127.0.0.1:{}", s3.port);
-    let store_args = [
-        "--store",
-        "s3://fl-models/run-1",
-        "--store-option",
-        &endpoint,
-        "--store-option",
-        "allow_http=true",
-        "--store-option",
-        "region=us-east-1",
-        "--store-option",
-        "access_key_id=test",
-        "--store-option",
-        "secret_access_key=test",
-    ];
+    let store = store_args(s3.port, "run-1");
     let mut extra = vec![
         "--rounds",
         "2",
@@ -135,7 +134,7 @@ fn s3_store_keeps_acknowledged_updates_across_sigkill_on_an_empty_data_dir() {
         "--database",
         &db,
     ];
-    extra.extend(store_args);
+    extra.extend(store.iter().map(String::as_str));
     let mut c = Cluster::new(&["a", "b", "c"], &extra);
     c.worker("a", 0, 3, &[]);
     c.worker("b", 1, 3, &[]);
@@ -180,7 +179,7 @@ fn s3_store_keeps_acknowledged_updates_across_sigkill_on_an_empty_data_dir() {
         .arg(audit.path().join("cache"))
         .args(["--database", &db, "--round", "2", "--to"])
         .arg(&out)
-        .args(store_args)
+        .args(&store)
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -207,39 +206,20 @@ fn s3_store_keeps_acknowledged_updates_across_sigkill_on_an_empty_data_dir() {
 /// restarted coordinator on an empty data dir serves it.
 #[test]
 fn a_large_model_goes_up_in_parts_and_is_served_from_the_bucket_after_a_restart() {
-    let s3 = match start_s3() {
-        Ok(s) => s,
-        Err(why) if std::env::var("CI").as_deref() != Ok("true") => {
-            eprintln!("\n*** SKIPPED a_large_model_goes_up_in_parts...: {why} ***\n");
-            return;
-        }
-        Err(why) => panic!("an S3 server is required in CI: {why}"),
+    let Some(s3) = require(
+        "a_large_model_goes_up_in_parts_and_is_served_from_the_bucket_after_a_restart",
+        "an S3 server",
+        start_s3(),
+    ) else {
+        return;
     };
     let meta = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", meta.path().join("meta.sqlite").display());
-    let endpoint = format!("endpoint=http://127.0.0.1:{}", s3.port);
+    let store = store_args(s3.port, "big");
     // 64 x 40000 + 40000 x 10 weights and biases: about 11.4 MiB of f32, two 8 MiB parts.
-    let mut c = Cluster::new(
-        &["a"],
-        &[
-            "--model",
-            "mlp-64-40000-10",
-            "--database",
-            &db,
-            "--store",
-            "s3://fl-models/big",
-            "--store-option",
-            &endpoint,
-            "--store-option",
-            "allow_http=true",
-            "--store-option",
-            "region=us-east-1",
-            "--store-option",
-            "access_key_id=test",
-            "--store-option",
-            "secret_access_key=test",
-        ],
-    );
+    let mut extra = vec!["--model", "mlp-64-40000-10", "--database", &db];
+    extra.extend(store.iter().map(String::as_str));
+    let mut c = Cluster::new(&["a"], &extra);
     let http = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(60))
         .build()
