@@ -144,6 +144,80 @@ pub enum Check {
     Skip(String),
 }
 
+impl Check {
+    /// Pass or fail with the same description.
+    pub fn verdict(ok: bool, d: String) -> Check {
+        if ok { Check::Pass(d) } else { Check::Fail(d) }
+    }
+}
+
+/// `fl.accuracy`, shared by the backends: `found` is the (round, accuracy) of the asked round
+/// (or of the last round with one), `completed` the rounds completed so far.
+pub fn check_fl_accuracy(
+    asked: Option<u32>,
+    found: Option<(u64, f64)>,
+    completed: usize,
+    at_least: Option<f64>,
+    at_most: Option<f64>,
+) -> Check {
+    let Some((n, acc)) = found else {
+        return Check::Fail(format!(
+            "no centralised accuracy for round {} yet ({completed} rounds completed)",
+            asked.map_or("(last)".to_string(), |n| n.to_string()),
+        ));
+    };
+    Check::verdict(
+        at_least.is_none_or(|v| acc >= v) && at_most.is_none_or(|v| acc <= v),
+        format!(
+            "accuracy after round {n} is {acc:.4} (wanted{}{})",
+            at_least.map_or(String::new(), |v| format!(" >= {v}")),
+            at_most.map_or(String::new(), |v| format!(" <= {v}"))
+        ),
+    )
+}
+
+/// `fl.round_latency`, shared by the backends: nearest-rank percentiles of the completed
+/// rounds' latencies against the limits; `clock` says which time they are in.
+pub fn check_fl_round_latency(
+    clock: &str,
+    mut latencies_ms: Vec<u64>,
+    limits: [(&str, f64, Option<crate::duration::Duration>); 3],
+) -> Check {
+    if latencies_ms.is_empty() {
+        return Check::Fail("no round completed".into());
+    }
+    latencies_ms.sort_unstable();
+    let mut ok = true;
+    let mut parts = Vec::new();
+    for (name, q, lim) in limits {
+        let v = percentile(&latencies_ms, q);
+        if let Some(l) = lim {
+            ok &= v <= l.as_ms();
+            parts.push(format!(
+                "{name} {} (limit {l})",
+                crate::duration::Duration::from_ms(v)
+            ));
+        }
+    }
+    Check::verdict(
+        ok,
+        format!(
+            "{clock}round latency over {} rounds: {}",
+            latencies_ms.len(),
+            parts.join(", ")
+        ),
+    )
+}
+
+/// Nearest-rank percentile of `v` (sorted ascending), `q` in (0, 1].
+pub fn percentile(v: &[u64], q: f64) -> u64 {
+    if v.is_empty() {
+        return 0;
+    }
+    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
+    v[rank - 1]
+}
+
 /// Something the runner waits for.
 #[derive(Debug, Clone, Copy)]
 pub enum Probe<'a> {

@@ -16,6 +16,7 @@ use simulator::{ModelId, Sim, SimOptions, Stop, Topology, TraceEvent, World};
 
 use crate::backend::{
     Advance, Backend, Capabilities, Check, Observations, Probe, Session, StopCheck,
+    check_fl_accuracy, check_fl_round_latency, percentile,
 };
 use crate::load::Case;
 use crate::outcome::{Marker, RoundReport, Timeline, Track};
@@ -500,7 +501,7 @@ impl SimSession {
             return Check::Fail("the FL job was never started (`fl.start`)".into());
         };
         let rounds = fl.rounds();
-        let verdict = |ok: bool, d: String| if ok { Check::Pass(d) } else { Check::Fail(d) };
+        let verdict = Check::verdict;
         match a {
             Assertion::FlRoundCompleted { round, within } => {
                 match rounds.iter().find(|r| r.round == u64::from(*round)) {
@@ -551,52 +552,19 @@ impl SimSession {
                     Some(n) => rounds.iter().find(|r| r.round == u64::from(*n)),
                     None => rounds.iter().rev().find(|r| r.central_accuracy.is_some()),
                 };
-                let Some((n, acc)) = r.and_then(|r| r.central_accuracy.map(|a| (r.round, a)))
-                else {
-                    return Check::Fail(format!(
-                        "no centralised accuracy for round {} yet ({} rounds completed)",
-                        round.map_or("(last)".to_string(), |n| n.to_string()),
-                        rounds.len()
-                    ));
-                };
-                let d = format!(
-                    "accuracy after round {n} is {acc:.4} (wanted{}{})",
-                    at_least.map_or(String::new(), |v| format!(" >= {v}")),
-                    at_most.map_or(String::new(), |v| format!(" <= {v}"))
-                );
-                verdict(
-                    at_least.is_none_or(|v| acc >= v) && at_most.is_none_or(|v| acc <= v),
-                    d,
+                check_fl_accuracy(
+                    *round,
+                    r.and_then(|r| r.central_accuracy.map(|a| (r.round, a))),
+                    rounds.len(),
+                    *at_least,
+                    *at_most,
                 )
             }
-            Assertion::FlRoundLatency { p50, p95, p99 } => {
-                let mut lat: Vec<u64> = rounds.iter().map(|r| r.latency_ms).collect();
-                if lat.is_empty() {
-                    return Check::Fail("no round completed".into());
-                }
-                lat.sort_unstable();
-                let mut ok = true;
-                let mut parts = Vec::new();
-                for (name, q, lim) in [("p50", 0.5, p50), ("p95", 0.95, p95), ("p99", 0.99, p99)] {
-                    let v = percentile(&lat, q);
-                    if let Some(l) = lim {
-                        ok &= v <= l.as_ms();
-                        parts.push(format!(
-                            "{name} {} (limit {})",
-                            crate::duration::Duration::from_ms(v),
-                            l
-                        ));
-                    }
-                }
-                verdict(
-                    ok,
-                    format!(
-                        "round latency over {} rounds: {}",
-                        lat.len(),
-                        parts.join(", ")
-                    ),
-                )
-            }
+            Assertion::FlRoundLatency { p50, p95, p99 } => check_fl_round_latency(
+                "",
+                rounds.iter().map(|r| r.latency_ms).collect(),
+                [("p50", 0.5, *p50), ("p95", 0.95, *p95), ("p99", 0.99, *p99)],
+            ),
             Assertion::FlClientsAggregated {
                 round,
                 at_least,
@@ -1276,15 +1244,6 @@ fn fl_fault(f: &Fault) -> Option<(&ClientSet, ClientFault)> {
         }
         _ => None,
     }
-}
-
-/// Nearest-rank percentile of `v` (sorted ascending), `q` in (0, 1].
-fn percentile(v: &[u64], q: f64) -> u64 {
-    if v.is_empty() {
-        return 0;
-    }
-    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
-    v[rank - 1]
 }
 
 fn round_report(r: &RoundStats) -> RoundReport {

@@ -278,10 +278,6 @@ fn health_of(h: AppHealth) -> HealthStatus {
     }
 }
 
-fn verdict(ok: bool, d: String) -> Check {
-    if ok { Check::Pass(d) } else { Check::Fail(d) }
-}
-
 /// `Kind/namespace/name` or `Kind/name` (cluster-scoped) to the model's `Kind namespace/name`.
 fn object_id(object: &str) -> Result<(String, String, String), String> {
     let parts: Vec<&str> = object.split('/').collect();
@@ -589,7 +585,7 @@ impl SimSession {
                 app, sync, health, ..
             } => match self.app_line(app) {
                 Err(e) => Check::Fail(e),
-                Ok((s, h, d)) => verdict(
+                Ok((s, h, d)) => Check::verdict(
                     sync.is_none_or(|w| w == sync_of(s))
                         && health.is_none_or(|w| w == health_of(h)),
                     d,
@@ -612,7 +608,7 @@ impl SimSession {
                             b.object,
                             b.reason
                         );
-                        verdict(
+                        Check::verdict(
                             wave.is_none_or(|w| w == b.wave)
                                 && by.as_ref().is_none_or(|o| b.object.contains(o.as_str())),
                             d,
@@ -636,11 +632,11 @@ impl SimSession {
             } => match self.flux() {
                 Err(e) => Check::Fail(e),
                 Ok(flux) => match flux.ready(kustomization) {
-                    None => verdict(
+                    None => Check::verdict(
                         !*ready,
                         format!("kustomization {kustomization} does not exist (yet)"),
                     ),
-                    Some((r, m)) => verdict(
+                    Some((r, m)) => Check::verdict(
                         r == Some(true) && *ready || r != Some(true) && !*ready,
                         format!(
                             "kustomization {kustomization} is {}: {m}",
@@ -903,5 +899,5 @@ fn order_verdict(times: &[(String, Option<u64>)], what: &str) -> Check {
     if !missing.is_empty() {
         return Check::Fail(format!("not yet {what}: {}; {d}", missing.join(", ")));
     }
-    verdict(ordered, d)
+    Check::verdict(ordered, d)
 }

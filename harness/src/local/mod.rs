@@ -34,6 +34,7 @@ use fl_core::round::{FitOutcome, RoundRecord};
 
 use crate::backend::{
     Advance, Backend, Capabilities, Check, Observations, Probe, Session, StopCheck,
+    check_fl_accuracy, check_fl_round_latency, percentile,
 };
 use crate::load::Case;
 use crate::model::ModelSpec;
@@ -428,7 +429,7 @@ impl LocalSession {
             return Check::Fail("the coordinator never answered".into());
         };
         let rounds = &view.history;
-        let verdict = |ok: bool, d: String| if ok { Check::Pass(d) } else { Check::Fail(d) };
+        let verdict = Check::verdict;
         let find = |n: u32| rounds.iter().find(|r| r.round == u64::from(n));
         match a {
             Assertion::FlRoundCompleted { round, within } => match find(*round) {
@@ -494,49 +495,19 @@ impl LocalSession {
                     Some(n) => find(*n),
                     None => rounds.iter().rev().find(|r| accuracy(r).is_some()),
                 };
-                let Some((n, acc)) = r.and_then(|r| accuracy(r).map(|a| (r.round, a))) else {
-                    return Check::Fail(format!(
-                        "no centralised accuracy for round {} yet ({} rounds completed)",
-                        round.map_or("(last)".to_string(), |n| n.to_string()),
-                        rounds.len()
-                    ));
-                };
-                verdict(
-                    at_least.is_none_or(|v| acc >= v) && at_most.is_none_or(|v| acc <= v),
-                    format!(
-                        "accuracy after round {n} is {acc:.4} (wanted{}{})",
-                        at_least.map_or(String::new(), |v| format!(" >= {v}")),
-                        at_most.map_or(String::new(), |v| format!(" <= {v}"))
-                    ),
+                check_fl_accuracy(
+                    *round,
+                    r.and_then(|r| accuracy(r).map(|a| (r.round, a))),
+                    rounds.len(),
+                    *at_least,
+                    *at_most,
                 )
             }
-            Assertion::FlRoundLatency { p50, p95, p99 } => {
-                let mut lat: Vec<u64> = rounds.iter().filter_map(latency_ms).collect();
-                if lat.is_empty() {
-                    return Check::Fail("no round completed".into());
-                }
-                lat.sort_unstable();
-                let mut ok = true;
-                let mut parts = Vec::new();
-                for (name, q, lim) in [("p50", 0.5, p50), ("p95", 0.95, p95), ("p99", 0.99, p99)] {
-                    let v = percentile(&lat, q);
-                    if let Some(l) = lim {
-                        ok &= v <= l.as_ms();
-                        parts.push(format!(
-                            "{name} {} (limit {l})",
-                            crate::duration::Duration::from_ms(v)
-                        ));
-                    }
-                }
-                verdict(
-                    ok,
-                    format!(
-                        "wall-clock round latency over {} rounds: {}",
-                        lat.len(),
-                        parts.join(", ")
-                    ),
-                )
-            }
+            Assertion::FlRoundLatency { p50, p95, p99 } => check_fl_round_latency(
+                "wall-clock ",
+                rounds.iter().filter_map(latency_ms).collect(),
+                [("p50", 0.5, *p50), ("p95", 0.95, *p95), ("p99", 0.99, *p99)],
+            ),
             Assertion::FlClientsAggregated {
                 round,
                 at_least,
@@ -803,15 +774,6 @@ fn accuracy(r: &RoundRecord) -> Option<f64> {
 
 fn latency_ms(r: &RoundRecord) -> Option<u64> {
     Some(r.completed_ms?.saturating_sub(r.started_ms))
-}
-
-/// Nearest-rank percentile of `v` (sorted ascending), `q` in (0, 1].
-fn percentile(v: &[u64], q: f64) -> u64 {
-    if v.is_empty() {
-        return 0;
-    }
-    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
-    v[rank - 1]
 }
 
 /// Whether the coordinator shows round `want` reaching `phase`.
