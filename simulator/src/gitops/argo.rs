@@ -1321,14 +1321,7 @@ impl Model for ArgoCd {
     }
 
     fn start(&mut self, world: &mut World, me: ModelId) {
-        let roots: Vec<String> = self
-            .tree
-            .units
-            .iter()
-            .filter(|u| u.parent.is_none())
-            .map(|u| u.name.clone())
-            .collect();
-        for r in roots {
+        for r in self.tree.root_names() {
             self.ensure_app(world, me, &r);
         }
     }

@@ -396,14 +396,7 @@ impl Model for Flux {
     }
 
     fn start(&mut self, world: &mut World, me: ModelId) {
-        let roots: Vec<String> = self
-            .tree
-            .units
-            .iter()
-            .filter(|u| u.parent.is_none())
-            .map(|u| u.name.clone())
-            .collect();
-        for r in roots {
+        for r in self.tree.root_names() {
             self.ensure(world, me, &r);
         }
     }

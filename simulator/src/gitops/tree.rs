@@ -107,6 +107,15 @@ fn str_at<'a>(v: &'a Value, p: &str) -> Option<&'a str> {
 }
 
 impl Tree {
+    /// Names of the units nothing else deploys (the app-of-apps roots, the top Kustomizations).
+    pub fn root_names(&self) -> Vec<String> {
+        self.units
+            .iter()
+            .filter(|u| u.parent.is_none())
+            .map(|u| u.name.clone())
+            .collect()
+    }
+
     /// Builds the tree of `repo` from its `bootstrap/` objects.
     pub fn build(repo: &Repo) -> Tree {
         let mut tree = Tree::default();
