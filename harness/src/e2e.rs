@@ -36,6 +36,8 @@ pub struct E2eOptions {
     pub baseline_dir: PathBuf,
     pub threshold_pct: f64,
     pub progress: ProgressMode,
+    /// On a real backend, also run every case on `sim` and write the sim-vs-real table.
+    pub compare_with_sim: bool,
 }
 
 impl E2eOptions {
@@ -55,6 +57,7 @@ impl E2eOptions {
             baseline_dir: root.join("baselines"),
             threshold_pct: baseline::DEFAULT_THRESHOLD_PCT,
             progress: ProgressMode::Auto,
+            compare_with_sim: true,
         }
     }
 }
@@ -72,6 +75,11 @@ impl E2eResult {
     pub fn failed(&self) -> bool {
         self.run.summary.failed > 0
             || self.run.summary.interrupted > 0
+            || self
+                .run
+                .comparison
+                .as_ref()
+                .is_some_and(|c| c.mismatches > 0)
             || self
                 .run
                 .baseline
@@ -140,6 +148,27 @@ pub fn run(opts: &E2eOptions, cancel: &AtomicBool) -> Result<E2eResult, E2eError
     );
     let reports = runner::run_cases(be.as_ref(), &cases, &ropts, progress.as_ref(), cancel);
     drop(progress);
+    let comparison = if opts.compare_with_sim && be.name() != "sim" {
+        // The same cases, seeds and matrix on the simulator: virtual time, seconds in all.
+        let sim = backend::by_name("sim", &opts.root).map_err(E2eError::Backend)?;
+        let sopts = RunOptions {
+            artifacts_dir: None,
+            ..ropts.clone()
+        };
+        eprintln!(
+            "e2e: running the {} case(s) on `sim` too, for the sim-vs-real table",
+            cases.len()
+        );
+        let sim_reports = runner::run_cases(sim.as_ref(), &cases, &sopts, &runner::Silent, cancel);
+        Some(crate::compare::compare(
+            be.name(),
+            &sim_reports,
+            &reports,
+            crate::compare::DEFAULT_TOLERANCE_PCT,
+        ))
+    } else {
+        None
+    };
     let mut filters = opts.selection.filters.clone();
     filters.extend(opts.selection.skip.iter().map(|s| format!("--skip {s}")));
     let mut run = RunReport {
@@ -153,6 +182,7 @@ pub fn run(opts: &E2eOptions, cancel: &AtomicBool) -> Result<E2eResult, E2eError
         summary: Summary::of(&reports),
         cases: reports,
         baseline: None,
+        comparison,
     };
     if let Some((b, path)) = &base {
         run.baseline = Some(baseline::compare(

@@ -4,11 +4,13 @@
 //! [`load::Case`]s; the [`runner`] runs each case on a [`backend::Backend`] (the default is
 //! [`sim`], the embedded simulator) and collects [`outcome`]s; [`report`] writes them as
 //! `report.json`, `junit.xml`, `report.md`, `report.html` and `repro.txt`; [`suite`] finds the
-//! scenario files and selects cases by name.
+//! scenario files and selects cases by name. On a real backend, [`compare`] runs every case on
+//! `sim` too and writes the sim-vs-real table.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
 pub mod backend;
 pub mod clock;
+pub mod compare;
 pub mod duration;
 pub mod e2e;
 pub mod load;

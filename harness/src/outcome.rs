@@ -52,6 +52,9 @@ pub struct RunReport {
     /// Present when `--baseline` was given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub baseline: Option<BaselineComparison>,
+    /// The sim-vs-real table: present when the run was on a real backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comparison: Option<crate::compare::Comparison>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -200,6 +203,10 @@ pub struct RoundReport {
     pub loss: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accuracy: Option<f64>,
+    /// sha256 of the global model this round aggregated (fl-core's canonical digest); absent
+    /// when the round aggregated nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub global_digest: Option<String>,
 }
 
 /// `--baseline`: metrics of this run against a stored run.

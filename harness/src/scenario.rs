@@ -398,7 +398,8 @@ pub enum Fault {
     KillProcess { node: String, process: Process },
     /// Start a killed process again.
     RestoreProcess { node: String, process: Process },
-    /// Drop all traffic between two groups of nodes (or `coordinator` / `client-N`).
+    /// Drop all traffic between two groups of nodes (or the FL job's `coordinator`,
+    /// `fl-clients` and `client-N`).
     Partition { a: Vec<String>, b: Vec<String> },
     /// Remove a partition between two groups (both empty: all partitions).
     HealPartition {
@@ -407,7 +408,8 @@ pub enum Fault {
         #[serde(default)]
         b: Vec<String>,
     },
-    /// Degrade the links between two groups: added latency and packet loss.
+    /// Degrade the links between two groups: added one-way latency, packet loss and a
+    /// bandwidth cap in Mbit/s.
     Link {
         a: Vec<String>,
         b: Vec<String>,
@@ -415,6 +417,8 @@ pub enum Fault {
         latency: Option<Duration>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         loss_pct: Option<f64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        bandwidth_mbps: Option<u64>,
     },
     /// An etcd member loses its data directory and leaves the cluster.
     EtcdMemberLoss(String),
@@ -876,3 +880,41 @@ pub fn to_flow<T: Serialize + ?Sized>(v: &T) -> String {
 
 /// The parameters of one matrix case, in a stable order.
 pub type CaseParams = BTreeMap<&'static str, String>;
+
+/// The FL job's coordinator as a network group in `partition`/`link`.
+pub const COORDINATOR_GROUP: &str = "coordinator";
+/// Every FL client of the job as one network group.
+pub const CLIENTS_GROUP: &str = "fl-clients";
+
+/// One end of an FL link, as `partition`/`link` name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum FlEndpoint {
+    Coordinator,
+    AllClients,
+    Client(u32),
+}
+
+impl FlEndpoint {
+    /// `coordinator`, `fl-clients` or `client-N`; anything else is not an FL endpoint.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            COORDINATOR_GROUP => Some(Self::Coordinator),
+            CLIENTS_GROUP => Some(Self::AllClients),
+            n => n
+                .strip_prefix("client-")
+                .and_then(|i| i.parse().ok())
+                .map(Self::Client),
+        }
+    }
+}
+
+/// The FL group names a job of `clients` clients answers to.
+pub fn fl_groups(clients: u32) -> Vec<String> {
+    if clients == 0 {
+        return Vec::new();
+    }
+    [COORDINATOR_GROUP.to_string(), CLIENTS_GROUP.to_string()]
+        .into_iter()
+        .chain((0..clients).map(|i| format!("client-{i}")))
+        .collect()
+}

@@ -709,6 +709,7 @@ impl SimSession {
                 b,
                 latency,
                 loss_pct,
+                bandwidth_mbps,
             } => {
                 self.known_group_members(a)?;
                 self.known_group_members(b)?;
@@ -717,7 +718,7 @@ impl SimSession {
                     b: b.clone(),
                     latency_us: latency.map(|d| ms_to_us(d.as_ms())).unwrap_or(0),
                     loss_percent: loss_pct.unwrap_or(0.0),
-                    bandwidth_mbps: None,
+                    bandwidth_mbps: *bandwidth_mbps,
                 }
             }
             Fault::EtcdMemberLoss(n) => F::EtcdMemberLoss { node: node(n)? },
@@ -1256,6 +1257,7 @@ fn round_report(r: &RoundStats) -> RoundReport {
         clients_aggregated: r.accepted as u32,
         loss: r.central_loss,
         accuracy: r.central_accuracy,
+        global_digest: r.aggregated.then(|| r.global_digest.clone()),
     }
 }
 

@@ -83,10 +83,13 @@ pub fn check_names(
             snippet: load::snippet(text, line, column),
         });
     };
+    // The FL job's own endpoints are network groups too (the local backend's fault proxy).
+    let fl_clients = sc.workload.fl.as_ref().map_or(0, |w| w.clients);
     let node_or_group: Vec<String> = nodes
         .iter()
         .cloned()
         .chain(groups.iter().cloned())
+        .chain(crate::scenario::fl_groups(fl_clients))
         .collect();
     let steps = sc.steps.iter().chain(sc.finally.iter()).map(|s| &s.value);
     for st in steps {

@@ -28,6 +28,7 @@ scenarios, and writes target/e2e/<run-id>/{report.json,junit.xml,report.md,repor
   --baseline-dir DIR       where baselines live (default: baselines/)
   --threshold PCT          regression threshold in percent (default 10)
   --out DIR                report folder (default: target/e2e)
+  --no-compare             on a real backend, do not also run the cases on sim (no sim-vs-real table)
   --list                   list the cases (and what the backend would skip), run nothing
   -h, --help               this text
 ";
@@ -48,6 +49,7 @@ pub fn run(args: Vec<String>) -> Result<()> {
                 return Ok(());
             }
             "--list" => list = true,
+            "--no-compare" => opts.compare_with_sim = false,
             "--exact" => opts.selection.exact = true,
             "--skip" => opts.selection.skip.push(value(&mut it, "--skip")?),
             "--scenario" => opts.selection.scenarios.push(value(&mut it, "--scenario")?),
@@ -137,6 +139,28 @@ pub fn run(args: Vec<String>) -> Result<()> {
             );
         }
     }
+    if let Some(c) = &res.run.comparison {
+        println!(
+            "sim vs {}: {} case(s) compared, {} difference(s) beyond the {}% tolerance or unequal, {} mismatch(es)",
+            c.real_backend,
+            c.cases.len(),
+            c.differences,
+            c.tolerance_pct,
+            c.mismatches
+        );
+        for case in &c.cases {
+            for r in case
+                .rows
+                .iter()
+                .filter(|r| r.agreement == harness::compare::Agreement::Mismatch)
+            {
+                println!(
+                    "  MISMATCH {} {}: sim {} vs real {} ({})",
+                    case.case, r.quantity, r.sim, r.real, r.note
+                );
+            }
+        }
+    }
     if let Some(p) = &res.saved_baseline {
         println!("baseline saved: {}", rel(p));
     }
@@ -162,7 +186,14 @@ pub fn run(args: Vec<String>) -> Result<()> {
                 .as_ref()
                 .filter(|b| b.regressions > 0)
                 .map(|b| format!(", {} metric regression(s)", b.regressions))
-                .unwrap_or_default(),
+                .unwrap_or_default()
+                + &res
+                    .run
+                    .comparison
+                    .as_ref()
+                    .filter(|c| c.mismatches > 0)
+                    .map(|c| format!(", {} sim-vs-real mismatch(es)", c.mismatches))
+                    .unwrap_or_default(),
             rel(&res.dir.join("repro.txt"))
         );
     }

@@ -1,5 +1,5 @@
-//! A blocking HTTP/1.1 GET over a loopback socket, enough to read the coordinator's JSON
-//! endpoints. The harness has no async runtime; a single short request per poll does not
+//! A blocking HTTP/1.1 client over a loopback socket, enough to read the coordinator's JSON
+//! endpoints and make the S3 bucket. The harness has no async runtime; a single short request per poll does not
 //! warrant one (reqwest's blocking client would pull tokio into every harness build).
 
 use std::io::{Read, Write};
@@ -17,22 +17,37 @@ pub fn get(
     path: &str,
     headers: &[(&str, &str)],
 ) -> Result<(u16, Vec<u8>), String> {
-    let what = |e: std::io::Error| format!("GET http://{addr}{path} failed: {e}");
+    request("GET", addr, path, headers, &[])
+}
+
+/// Sends one request with a body (`PUT`, `POST`, ...); returns the status and the body.
+pub fn request(
+    method: &str,
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<(u16, Vec<u8>), String> {
+    let what = |e: std::io::Error| format!("{method} http://{addr}{path} failed: {e}");
     let t = Duration::from_millis(IO_TIMEOUT_MS);
     let mut s = TcpStream::connect_timeout(&addr, t).map_err(what)?;
     s.set_read_timeout(Some(t)).map_err(what)?;
     s.set_write_timeout(Some(t)).map_err(what)?;
-    let mut req = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
+    if !body.is_empty() || method != "GET" {
+        req.push_str(&format!("content-length: {}\r\n", body.len()));
+    }
     req.push_str("\r\n");
     s.write_all(req.as_bytes()).map_err(what)?;
+    s.write_all(body).map_err(what)?;
     let mut raw = Vec::new();
     s.take(MAX_RESPONSE_BYTES as u64 + 64 * 1024)
         .read_to_end(&mut raw)
         .map_err(what)?;
-    parse_response(&raw).map_err(|e| format!("GET http://{addr}{path}: {e}"))
+    parse_response(&raw).map_err(|e| format!("{method} http://{addr}{path}: {e}"))
 }
 
 /// Splits a whole HTTP/1.1 response into status and body (identity or chunked).

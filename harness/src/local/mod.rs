@@ -20,6 +20,8 @@
 
 pub mod flbin;
 pub mod http;
+pub mod proxy;
+pub mod services;
 pub mod supervisor;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -40,8 +42,8 @@ use crate::load::Case;
 use crate::model::ModelSpec;
 use crate::outcome::{Marker, RoundReport, Timeline, Track};
 use crate::scenario::{
-    Assertion, ByzantineAttack, ClientSet, Collect, Fault, FlWorkload, ModelCheck, Process,
-    RoundPhase, Step, Trigger, Wait,
+    Assertion, ByzantineAttack, CLIENTS_GROUP, COORDINATOR_GROUP, ClientSet, Collect, Fault,
+    FlEndpoint, FlWorkload, ModelCheck, Process, RoundPhase, Step, Trigger, Wait,
 };
 use flbin::FlBinary;
 use supervisor::{Spec, Supervisor};
@@ -70,6 +72,7 @@ const DATA_CLASSES: u32 = 10;
 pub struct LocalBackend {
     root: PathBuf,
     logs_root: PathBuf,
+    services: services::Need,
 }
 
 impl LocalBackend {
@@ -78,7 +81,15 @@ impl LocalBackend {
         Self {
             root: workspace_root.to_path_buf(),
             logs_root: workspace_root.join("target/e2e/local"),
+            services: services::Need::from_env(),
         }
+    }
+
+    /// Whether the coordinator's PostgreSQL and S3 must run (default: required under
+    /// `CI=true`, else used where installed).
+    pub fn with_services(mut self, need: services::Need) -> Self {
+        self.services = need;
+        self
     }
 
     /// Keep process logs under `dir/<case>/` instead.
@@ -97,6 +108,9 @@ impl LocalBackend {
                 "fl_client_dropout",
                 "fl_straggler",
                 "fl_byzantine",
+                "partition",
+                "heal_partition",
+                "link",
             ]),
             assertions: set(&[
                 "fl.round_completed",
@@ -146,6 +160,10 @@ impl LocalBackend {
             stragglers: Vec::new(),
             last: None,
             recomputed: BTreeMap::new(),
+            links: BTreeMap::new(),
+            need: self.services,
+            services: None,
+            stack_up_ms: None,
         })
     }
 }
@@ -228,6 +246,13 @@ pub struct LocalSession {
     last: Option<RoundsView>,
     /// Rounds already recomputed offline: round -> digest `fl aggregate` printed.
     recomputed: BTreeMap<u64, String>,
+    /// The fault proxy each worker reaches the coordinator through, by client index.
+    links: BTreeMap<u32, proxy::Proxy>,
+    need: services::Need,
+    /// The coordinator's PostgreSQL and S3, once `fl.start` stood them up.
+    services: Option<services::Services>,
+    /// From `fl.start` to the coordinator ready with every worker started, ms.
+    stack_up_ms: Option<u64>,
 }
 
 impl Drop for LocalSession {
@@ -235,8 +260,10 @@ impl Drop for LocalSession {
         for s in &mut self.stragglers {
             s.end();
         }
-        // Processes first, then the temp dir (a field, dropped after this).
+        // Processes first, then the proxies, then the temp dir (a field, dropped after this).
+        services::Services::stop(&mut self.sup);
         self.sup.kill_all();
+        self.links.clear();
     }
 }
 
@@ -554,18 +581,27 @@ impl LocalSession {
             Ok(String::from_utf8_lossy(&o.stdout).into_owned())
         };
         let _ = std::fs::remove_dir_all(&out);
-        run(
-            vec![
-                "export-round".into(),
-                "--data-dir".into(),
-                data.display().to_string(),
-                "--round".into(),
-                round.to_string(),
-                "--to".into(),
-                out.display().to_string(),
-            ],
-            "export-round",
-        )?;
+        // With PostgreSQL and S3 the export reads them alone, from an empty data dir: what the
+        // coordinator acknowledged must be in the database and the bucket, not only on its disk.
+        let svc_args = self.services.as_ref().map(|s| s.args()).unwrap_or_default();
+        let data = if self.services.as_ref().is_some_and(|s| s.s3.is_some()) {
+            let fresh = self.dir.path().join(format!("export-cache-{round}"));
+            let _ = std::fs::remove_dir_all(&fresh);
+            fresh
+        } else {
+            data
+        };
+        let mut export: Vec<String> = vec![
+            "export-round".into(),
+            "--data-dir".into(),
+            data.display().to_string(),
+            "--round".into(),
+            round.to_string(),
+            "--to".into(),
+            out.display().to_string(),
+        ];
+        export.extend(svc_args);
+        run(export, "export-round")?;
         let info_path = out.join("round.json");
         let info: serde_json::Value = std::fs::read(&info_path)
             .map_err(|e| e.to_string())
@@ -750,6 +786,139 @@ impl LocalSession {
     }
 }
 
+/// The FL endpoint a `partition`/`link` group names, if it names one.
+fn net_endpoint(name: &str) -> Option<FlEndpoint> {
+    FlEndpoint::parse(name)
+}
+
+impl LocalSession {
+    /// The client links a fault between groups `a` and `b` touches: a worker talks only to the
+    /// coordinator, so only coordinator <-> client pairs are links.
+    fn links_between(&self, a: &[String], b: &[String]) -> Result<BTreeSet<u32>, String> {
+        let clients = self.job.as_ref().map_or(0, |j| j.clients);
+        let side = |names: &[String]| -> Result<(bool, BTreeSet<u32>), String> {
+            let mut coord = false;
+            let mut ids = BTreeSet::new();
+            for n in names {
+                match net_endpoint(n) {
+                    Some(FlEndpoint::Coordinator) => coord = true,
+                    Some(FlEndpoint::AllClients) => ids.extend(0..clients),
+                    Some(FlEndpoint::Client(i)) if i < clients => {
+                        ids.insert(i);
+                    }
+                    Some(FlEndpoint::Client(i)) => {
+                        return Err(format!(
+                            "`client-{i}` is not part of the FL job (clients are client-0..client-{})",
+                            clients.saturating_sub(1)
+                        ));
+                    }
+                    None => {
+                        return Err(format!(
+                            "`{n}` is not an FL endpoint (`{COORDINATOR_GROUP}`, `{CLIENTS_GROUP}`, `client-N`)"
+                        ));
+                    }
+                }
+            }
+            Ok((coord, ids))
+        };
+        let (ca, ia) = side(a)?;
+        let (cb, ib) = side(b)?;
+        let mut out = BTreeSet::new();
+        if ca {
+            out.extend(ib);
+        }
+        if cb {
+            out.extend(ia);
+        }
+        if out.is_empty() {
+            return Err(format!(
+                "[{}] <-> [{}] holds no FL link: workers talk only to the `{COORDINATOR_GROUP}`",
+                a.join(", "),
+                b.join(", ")
+            ));
+        }
+        Ok(out)
+    }
+
+    fn inject_net(&mut self, fault: &Fault) -> Result<String, String> {
+        if self.job.is_none() {
+            return Err(format!(
+                "`{}` on the local backend acts on the FL job's links: `fl.start` first",
+                fault.kind()
+            ));
+        }
+        let (ids, text) = match fault {
+            Fault::Partition { a, b } => {
+                let ids = self.links_between(a, b)?;
+                for i in &ids {
+                    self.links[i].update(|r| r.blackhole = true);
+                }
+                (
+                    ids,
+                    "partition: the fault proxy drops every byte and holds new connections"
+                        .to_string(),
+                )
+            }
+            Fault::HealPartition { a, b } => {
+                let ids = if a.is_empty() && b.is_empty() {
+                    self.links.keys().copied().collect()
+                } else {
+                    self.links_between(a, b)?
+                };
+                for i in &ids {
+                    self.links[i].update(|r| r.blackhole = false);
+                }
+                (
+                    ids,
+                    "heal_partition: held bytes and connections flow again".to_string(),
+                )
+            }
+            Fault::Link {
+                a,
+                b,
+                latency,
+                loss_pct,
+                bandwidth_mbps,
+            } => {
+                if let Some(l) = loss_pct
+                    && !(l.is_finite() && (0.0..=100.0).contains(l))
+                {
+                    return Err(format!("link loss_pct {l} must be between 0 and 100"));
+                }
+                if *bandwidth_mbps == Some(0) {
+                    return Err(
+                        "link bandwidth_mbps must be at least 1 (a cut link is a `partition`)"
+                            .into(),
+                    );
+                }
+                let ids = self.links_between(a, b)?;
+                let mut desc = String::new();
+                for i in &ids {
+                    self.links[i].update(|r| {
+                        r.latency_ms = latency.map_or(0, |d| d.as_ms());
+                        r.loss_pct = loss_pct.unwrap_or(0.0);
+                        r.bandwidth_bps = bandwidth_mbps.map(|m| m * 1_000_000 / 8);
+                        desc = r.describe();
+                    });
+                }
+                (ids, format!("link: {desc} each way, by the fault proxy"))
+            }
+            other => return Err(format!("`{}` is not a network fault", other.kind())),
+        };
+        for i in &ids {
+            let state = self.links[i].rules().describe();
+            self.track(&format!("link client-{i}"), &state);
+        }
+        let names: Vec<String> = ids.iter().map(|i| format!("client-{i}")).collect();
+        let text = format!("{text} on coordinator <-> {}", names.join(", "));
+        self.mark(text.clone());
+        Ok(format!(
+            "{text} at {}",
+            crate::duration::Duration::from_ms(self.now_ms())
+        ))
+    }
+}
+
 /// A straggler: SIGSTOP for `stop_ms`, SIGCONT for `run_ms`, until `stop` is set.
 fn duty_cycle(pid: u32, run_ms: u64, stop_ms: u64, stop: &AtomicBool) {
     // At most one day of cycles; a case never lasts that long.
@@ -867,6 +1036,15 @@ impl Session for LocalSession {
             Fault::KillProcess { node, process } | Fault::RestoreProcess { node, process } => {
                 Self::process_name(node, *process).err()
             }
+            Fault::Partition { a, b }
+            | Fault::HealPartition { a, b }
+            | Fault::Link { a, b, .. } => a
+                .iter()
+                .chain(b)
+                .find(|n| net_endpoint(n).is_none())
+                .map(|n| format!(
+                    "the `local` backend cuts and degrades only FL links (`{COORDINATOR_GROUP}`, `{CLIENTS_GROUP}`, `client-N`) through its fault proxy; `{n}` is not one"
+                )),
             _ => None,
         }
     }
@@ -957,6 +1135,9 @@ impl Session for LocalSession {
             Fault::FlClientDropout(_) | Fault::FlStraggler { .. } | Fault::FlByzantine { .. } => {
                 self.inject_fl(fault)
             }
+            Fault::Partition { .. } | Fault::HealPartition { .. } | Fault::Link { .. } => {
+                self.inject_net(fault)
+            }
             other => Err(format!(
                 "the `local` backend cannot inject `{}`",
                 other.kind()
@@ -1031,19 +1212,31 @@ impl Session for LocalSession {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        let stack_t0 = Instant::now();
+        let svc =
+            services::Services::start(self.need, &mut self.sup, self.dir.path(), &self.root, "fl")?;
+        coord.extend(svc.args());
         if let Some(f) = w.byzantine_tolerance {
             coord.extend([
                 "--strategy-param".to_string(),
                 format!("num_malicious_clients={f}"),
             ]);
         }
-        let url = format!("http://{addr}");
+        // Every worker reaches the coordinator through its own fault proxy (`partition`, `link`).
+        for i in 0..w.clients {
+            let p = proxy::Proxy::start(addr, self.seed ^ u64::from(i).wrapping_mul(0x9E37))
+                .map_err(|e| format!("failed to start the fault proxy of client-{i}: {e}"))?;
+            self.links.insert(i, p);
+        }
+        let urls: Vec<String> = (0..w.clients)
+            .map(|i| format!("http://{}", self.links[&i].addr()))
+            .collect();
         let worker_args: Vec<Vec<String>> = (0..w.clients)
             .map(|i| {
                 [
                     "worker",
                     "--coordinator",
-                    &url,
+                    &urls[i as usize],
                     "--client-id",
                     &format!("client-{i}"),
                     "--api-key",
@@ -1078,13 +1271,17 @@ impl Session for LocalSession {
             started_epoch_ms: epoch_ms(),
             coordinator_killed: false,
         });
+        let svc_notes = svc.notes.join("; ");
+        let svc_ms = svc.startup_ms;
+        self.services = Some(svc);
         self.spawn("coordinator", coord)?;
         self.wait_ready()?;
         for (i, args) in worker_args.into_iter().enumerate() {
             self.spawn(&worker_name(i as u32), args)?;
         }
+        self.stack_up_ms = Some(stack_t0.elapsed().as_millis() as u64);
         Ok(format!(
-            "FL job started on real processes: fl coordinator on {addr} + {} fl workers, {} rounds, strategy {}, model {}, data {}{}; fl binary {} ({}); logs in {}",
+            "FL job started on real processes: fl coordinator on {addr} + {} fl workers (each through its own fault proxy), {} rounds, strategy {}, model {}, data {}{}; {svc_notes} (up in {svc_ms} ms); fl binary {} ({}); logs in {}",
             w.clients,
             w.rounds,
             w.strategy.as_str(),
@@ -1159,6 +1356,12 @@ impl Session for LocalSession {
                     clients_aggregated: r.accepted.len() as u32,
                     loss: r.central.as_ref().map(|c| c.loss),
                     accuracy: accuracy(r),
+                    global_digest: match &r.fit {
+                        Some(FitOutcome::Aggregated { global_digest, .. }) => {
+                            Some(global_digest.clone())
+                        }
+                        _ => None,
+                    },
                 })
             })
             .collect();
@@ -1176,6 +1379,22 @@ impl Session for LocalSession {
             "local_idle_wait_skipped_ms".to_string(),
             self.idle_skipped_ms as f64,
         );
+        if let Some(ms) = self.stack_up_ms {
+            metrics.insert("local_stack_up_ms".to_string(), ms as f64);
+        }
+        if let Some(s) = &self.services {
+            metrics.insert("local_services_up_ms".to_string(), s.startup_ms as f64);
+        }
+        let (mut bytes, mut lost) = (0u64, 0u64);
+        for p in self.links.values() {
+            let st = p.stats();
+            bytes += st.bytes_forwarded;
+            lost += st.chunks_lost;
+        }
+        if !self.links.is_empty() {
+            metrics.insert("local_proxy_bytes".to_string(), bytes as f64);
+            metrics.insert("local_proxy_chunks_lost_count".to_string(), lost as f64);
+        }
         Observations {
             timeline: Timeline {
                 nodes: self.tracks.values().cloned().collect(),

@@ -55,6 +55,8 @@ pub struct Spec {
 
 struct Proc {
     spec: Spec,
+    /// Runs as this (uid, gid) instead of ours (PostgreSQL refuses to run as root).
+    user: Option<(u32, u32)>,
     child: Option<Child>,
     log: PathBuf,
     starts: u32,
@@ -82,6 +84,17 @@ impl Supervisor {
 
     /// Starts `name` (a new name, or one that is not running: a restart with its spec).
     pub fn start(&mut self, name: &str, spec: Spec) -> Result<u32, SupervisorError> {
+        let user = self.procs.get(name).and_then(|p| p.user);
+        self.start_as(name, spec, user)
+    }
+
+    /// Starts `name` as the user `(uid, gid)`; restarts keep that user.
+    pub fn start_as(
+        &mut self,
+        name: &str,
+        spec: Spec,
+        user: Option<(u32, u32)>,
+    ) -> Result<u32, SupervisorError> {
         if self.is_running(name) {
             return Err(SupervisorError::Running(name.into()));
         }
@@ -103,6 +116,10 @@ impl Supervisor {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(file);
+        if let Some((uid, gid)) = user {
+            // std switches the ids before the pre_exec hook below, so PDEATHSIG survives it.
+            cmd.uid(uid).gid(gid);
+        }
         // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
         unsafe {
             cmd.pre_exec(|| {
@@ -120,12 +137,14 @@ impl Supervisor {
         let pid = child.id();
         let p = self.procs.entry(name.to_string()).or_insert(Proc {
             spec: spec.clone(),
+            user,
             child: None,
             log: log.clone(),
             starts: 0,
             paused: false,
         });
         p.spec = spec;
+        p.user = user;
         p.child = Some(child);
         p.starts += 1;
         p.paused = false;
@@ -249,6 +268,28 @@ impl Supervisor {
         let t = std::fs::read_to_string(&p.log).unwrap_or_default();
         let all: Vec<&str> = t.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Sends `sig` to `name` and waits up to `wait_ms` for it to exit by itself (a graceful
+    /// stop); SIGKILL after that. Returns the PID.
+    pub fn stop_with(
+        &mut self,
+        name: &str,
+        sig: libc::c_int,
+        wait_ms: u64,
+    ) -> Result<u32, SupervisorError> {
+        let pid = self
+            .pid(name)
+            .ok_or_else(|| SupervisorError::NotRunning(name.into()))?;
+        let _ = send_signal(pid, libc::SIGCONT);
+        let _ = send_signal(pid, sig);
+        for _ in 0..wait_ms / 10 + 1 {
+            if !self.is_running(name) {
+                return Ok(pid);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        self.kill(name)
     }
 
     /// SIGKILL and reap everything still running.

@@ -87,6 +87,44 @@ pub fn to_html(run: &RunReport) -> String {
         }
         h.push_str("</table>\n");
     }
+    if let Some(cmp) = &run.comparison {
+        let _ = writeln!(
+            h,
+            "<h2>Sim vs real (<code>sim</code> against <code>{}</code>)</h2><p>timings agree within {}% (a measurement) · counts and digests must be equal where the accepted set is · {} difference(s) · {} mismatch(es)</p>",
+            esc(&cmp.real_backend),
+            cmp.tolerance_pct,
+            cmp.differences,
+            cmp.mismatches
+        );
+        for c in &cmp.cases {
+            let _ = writeln!(
+                h,
+                "<h3>{} <small>(sim {}, real {})</small></h3><table><tr><th>quantity</th><th>sim</th><th>real</th><th>agreement</th><th>note</th></tr>",
+                esc(&c.case),
+                c.sim_status.as_str(),
+                c.real_status.as_str()
+            );
+            for r in &c.rows {
+                let class = match r.agreement {
+                    crate::compare::Agreement::Mismatch => "failed",
+                    crate::compare::Agreement::Differ | crate::compare::Agreement::OneSided => {
+                        "skipped"
+                    }
+                    crate::compare::Agreement::Agree => "passed",
+                };
+                let _ = writeln!(
+                    h,
+                    "<tr class=\"{class}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    esc(&r.quantity),
+                    esc(&r.sim),
+                    esc(&r.real),
+                    crate::compare::agreement_word(r.agreement),
+                    esc(&r.note)
+                );
+            }
+            h.push_str("</table>\n");
+        }
+    }
     for c in &run.cases {
         case_section(&mut h, c);
     }

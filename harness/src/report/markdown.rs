@@ -64,6 +64,30 @@ pub fn to_markdown(run: &RunReport) -> String {
             ));
         }
     }
+    if let Some(cmp) = &run.comparison {
+        out.push_str(&format!(
+            "\n## Sim vs real (`sim` against `{}`)\n\nTimings agree within **{}%** (a measurement, not a verdict); counts and digests must be equal where the accepted set is. {} difference(s), **{} mismatch(es)**.\n",
+            cmp.real_backend, cmp.tolerance_pct, cmp.differences, cmp.mismatches
+        ));
+        for c in &cmp.cases {
+            out.push_str(&format!(
+                "\n### `{}` (sim {}, real {})\n\n| quantity | sim | real | agreement | note |\n|---|---|---|---|---|\n",
+                cell(&c.case),
+                c.sim_status.as_str(),
+                c.real_status.as_str()
+            ));
+            for r in &c.rows {
+                out.push_str(&format!(
+                    "| {} | {} | {} | {} | {} |\n",
+                    cell(&r.quantity),
+                    cell(&r.sim),
+                    cell(&r.real),
+                    crate::compare::agreement_word(r.agreement),
+                    cell(&r.note)
+                ));
+            }
+        }
+    }
     out.push_str("\n## Cases\n");
     for c in &run.cases {
         out.push_str(&format!("\n### {} `{}`\n\n", icon(c.status), c.name));
