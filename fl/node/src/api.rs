@@ -63,6 +63,20 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, code, field, message)
     }
 
+    /// A local write failed: 507 `storage_full` when the volume is full (ENOSPC, EDQUOT), so a
+    /// worker sees the store is at fault, not its body; 500 otherwise.
+    pub fn storage(what: &str, e: std::io::Error) -> Self {
+        match e.kind() {
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => Self::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "storage_full",
+                "store",
+                format!("{what}: the coordinator's store is full ({e}); nothing was accepted"),
+            ),
+            _ => Self::internal(format!("{what}: {e}")),
+        }
+    }
+
     pub fn internal(e: impl std::fmt::Display) -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,

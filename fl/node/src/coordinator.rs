@@ -1094,10 +1094,19 @@ async fn upload_inner(
                 ));
             }
             hasher.update(&d);
-            file.write_all(&d).await.map_err(ApiError::internal)?;
+            file.write_all(&d)
+                .await
+                .map_err(|e| ApiError::storage("writing the update", e))?;
         }
     }
-    file.sync_all().await.map_err(ApiError::internal)?;
+    // tokio's File reports a failed background write on flush, not on sync_all
+    // (tokio-rs/tokio#6005): without the flush a full disk yields a silently short file.
+    file.flush()
+        .await
+        .map_err(|e| ApiError::storage("writing the update", e))?;
+    file.sync_all()
+        .await
+        .map_err(|e| ApiError::storage("fsync of the update", e))?;
     drop(file);
     let update_id = hex::encode(hasher.finalize());
 

@@ -153,6 +153,10 @@ impl Remote {
                 .await
                 .with_context(|| format!("writing {}", tmp.display()))?;
         }
+        // A failed background write shows on flush, not on sync_all (tokio-rs/tokio#6005).
+        f.flush()
+            .await
+            .with_context(|| format!("writing {}", tmp.display()))?;
         f.sync_all()
             .await
             .with_context(|| format!("fsync {}", tmp.display()))?;

@@ -19,6 +19,7 @@
 //! width becomes 60 and `fl.start` says so.
 
 pub mod flbin;
+pub mod host;
 pub mod http;
 pub mod proxy;
 pub mod services;
@@ -111,6 +112,8 @@ impl LocalBackend {
                 "partition",
                 "heal_partition",
                 "link",
+                "disk_full",
+                "clock_skew",
             ]),
             assertions: set(&[
                 "fl.round_completed",
@@ -144,7 +147,30 @@ impl LocalBackend {
         }
         std::fs::create_dir_all(&logs)
             .map_err(|e| format!("failed to create {}: {e}", logs.display()))?;
+        let faults: Vec<&Fault> = case
+            .steps()
+            .chain(case.finally())
+            .filter_map(|s| s.fault.as_ref())
+            .collect();
+        let (tmpfs, tmpfs_error) = if faults.iter().any(|f| matches!(f, Fault::DiskFull { .. })) {
+            match host::Tmpfs::mount(&dir.path().join("coordinator")) {
+                Ok(t) => (Some(t), None),
+                Err(e) => (
+                    None,
+                    Some(format!(
+                        "the coordinator's store could not get a volume of its own to fill ({e}; needs CAP_SYS_ADMIN)"
+                    )),
+                ),
+            }
+        } else {
+            (None, None)
+        };
+        let wants_clock = faults.iter().any(|f| matches!(f, Fault::ClockSkew { .. }));
         Ok(LocalSession {
+            tmpfs,
+            tmpfs_error,
+            wants_clock,
+            clock: None,
             fl,
             root: self.root.clone(),
             workload: case.fl.clone(),
@@ -253,6 +279,12 @@ pub struct LocalSession {
     services: Option<services::Services>,
     /// From `fl.start` to the coordinator ready with every worker started, ms.
     stack_up_ms: Option<u64>,
+    /// The coordinator's data dir as a volume of its own, for `disk_full`.
+    tmpfs: Option<host::Tmpfs>,
+    tmpfs_error: Option<String>,
+    /// The case has a `clock_skew`: the coordinator reads a harness-driven clock.
+    wants_clock: bool,
+    clock: Option<host::ClockDriver>,
 }
 
 impl Drop for LocalSession {
@@ -264,6 +296,9 @@ impl Drop for LocalSession {
         services::Services::stop(&mut self.sup);
         self.sup.kill_all();
         self.links.clear();
+        self.clock = None;
+        // Unmount before the temp dir under it is removed.
+        self.tmpfs = None;
     }
 }
 
@@ -1036,6 +1071,13 @@ impl Session for LocalSession {
             Fault::KillProcess { node, process } | Fault::RestoreProcess { node, process } => {
                 Self::process_name(node, *process).err()
             }
+            Fault::DiskFull { node } if node != COORDINATOR_GROUP => Some(format!(
+                "the `local` backend fills only the coordinator's store (`disk_full: {{ node: {COORDINATOR_GROUP} }}`), not `{node}`"
+            )),
+            Fault::DiskFull { .. } => self.tmpfs_error.clone(),
+            Fault::ClockSkew { node, .. } if node != COORDINATOR_GROUP => Some(format!(
+                "the `local` backend skews only the coordinator's clock (`clock_skew: {{ node: {COORDINATOR_GROUP} }}`), not `{node}`"
+            )),
             Fault::Partition { a, b }
             | Fault::HealPartition { a, b }
             | Fault::Link { a, b, .. } => a
@@ -1138,6 +1180,35 @@ impl Session for LocalSession {
             Fault::Partition { .. } | Fault::HealPartition { .. } | Fault::Link { .. } => {
                 self.inject_net(fault)
             }
+            Fault::DiskFull { .. } => {
+                let t = self.tmpfs.as_ref().ok_or_else(|| {
+                    self.tmpfs_error
+                        .clone()
+                        .unwrap_or_else(|| "the coordinator's store has no volume to fill".into())
+                })?;
+                let size = t.fill()?;
+                let text = format!(
+                    "disk_full: the coordinator's data dir volume is fixed at the {size} bytes it holds; its next write fails with ENOSPC"
+                );
+                self.track(COORDINATOR_GROUP, "disk full");
+                self.mark(text.clone());
+                Ok(text)
+            }
+            Fault::ClockSkew { offset, behind, .. } => {
+                let c = self.clock.as_ref().ok_or(
+                    "clock_skew needs the FL job running (`fl.start` first): the coordinator reads the harness's clock",
+                )?;
+                let ms = i64::try_from(offset.as_ms()).map_err(|_| "clock skew too large")?;
+                let skew = if *behind { -ms } else { ms };
+                c.set_skew(skew);
+                let text = format!(
+                    "clock_skew: the coordinator's clock is now {} {} the wall clock",
+                    crate::duration::Duration::from_ms(offset.as_ms()),
+                    if *behind { "behind" } else { "ahead of" }
+                );
+                self.mark(text.clone());
+                Ok(text)
+            }
             other => Err(format!(
                 "the `local` backend cannot inject `{}`",
                 other.kind()
@@ -1216,6 +1287,11 @@ impl Session for LocalSession {
         let svc =
             services::Services::start(self.need, &mut self.sup, self.dir.path(), &self.root, "fl")?;
         coord.extend(svc.args());
+        if self.wants_clock {
+            let c = host::ClockDriver::start(&dir.join("coordinator.clock"))?;
+            coord.extend(["--clock-file".to_string(), c.path().display().to_string()]);
+            self.clock = Some(c);
+        }
         if let Some(f) = w.byzantine_tolerance {
             coord.extend([
                 "--strategy-param".to_string(),

@@ -280,3 +280,102 @@ fn a_partitioned_worker_misses_rounds_and_the_rounds_live_in_postgres_and_s3() {
         assert_eq!(recompute.status, Status::Passed, "{dump}");
     }
 }
+
+/// The coordinator's store fills up mid-job: uploads after that are refused, nothing it had
+/// accepted is lost (every aggregated round still matches the recompute), and it keeps serving.
+const DISK_FULL: &str = "name: local-disk-full
+topology: mlworkbench-kvm
+timeout: 90s
+workload:
+  fl: { clients: 3, rounds: 6, strategy: fedavg, min_fit_clients: 3, model: softmax-64-10, round_timeout: 3s }
+steps:
+  - fl.start: {}
+  - wait: { fl.round: 2, timeout: 40s }
+  - fault: { disk_full: { node: coordinator } }
+  - wait: { duration: 8s }
+  - assert:
+      - fl.round_completed: { round: 2 }
+      - fl.global_model: matches_offline_recompute
+";
+
+/// The coordinator's clock jumps an hour ahead during a round: its 10-minute round timer fires
+/// at once instead of after 10 minutes. client-2's link is slowed to 1 s each way first, so it
+/// registers (the round waits for all three) but cannot have uploaded when it is killed at the
+/// start of the fit: the round then waits on it, until the jump.
+const CLOCK_SKEW: &str = "name: local-clock-skew
+topology: mlworkbench-kvm
+timeout: 90s
+workload:
+  fl: { clients: 3, rounds: 1, strategy: fedavg, min_fit_clients: 3, model: softmax-64-10, round_timeout: 10m }
+steps:
+  - fl.start: {}
+  - fault: { link: { a: [client-2], b: [coordinator], latency: 1s } }
+  - at: { fl.round: 1, phase: fit }
+    fault: { kill_process: { node: client-2, process: fl-worker } }
+  - at: { after: 1s }
+    fault: { clock_skew: { node: coordinator, offset: 1h } }
+  - wait: { fl.round: 1, timeout: 20s }
+  - assert:
+      - fl.clients_aggregated: { round: 1, at_least: 2, at_most: 2 }
+";
+
+fn run_one(text: &str) -> (harness::outcome::CaseReport, tempfile::TempDir) {
+    let logs = tempfile::tempdir().unwrap();
+    let be = LocalBackend::new(&root()).with_logs_root(logs.path());
+    let opts = RunOptions {
+        jobs: 1,
+        timeout_ms: None,
+        artifacts_dir: None,
+        root: root(),
+    };
+    let r = run_cases(
+        &be,
+        &cases_of(text),
+        &opts,
+        &Silent,
+        &AtomicBool::new(false),
+    )
+    .remove(0);
+    (r, logs)
+}
+
+#[test]
+fn a_full_store_refuses_uploads_and_loses_nothing_accepted() {
+    if !have_fl("a_full_store_refuses_uploads") {
+        return;
+    }
+    let (case, logs) = run_one(DISK_FULL);
+    let dump = serde_json::to_string_pretty(&case).unwrap();
+    if case.steps[2].status == Status::Skipped && !in_ci() {
+        eprintln!("\n*** SKIPPED a_full_store: {} ***\n", case.steps[2].detail);
+        return;
+    }
+    assert_eq!(case.status, Status::Passed, "{dump}");
+    // No round after the disk filled aggregated anything.
+    for r in case.rounds.iter().filter(|r| r.round > 2) {
+        assert!(
+            r.global_digest.is_none(),
+            "round {} aggregated: {dump}",
+            r.round
+        );
+    }
+    // The workers were told the store is full (507 storage_full), not that their body was bad.
+    let dir = logs.path().join("local-disk-full");
+    let worker = std::fs::read_to_string(dir.join("worker-0.log")).unwrap();
+    assert!(worker.contains("storage_full"), "{worker}");
+    assert!(!worker.contains("truncated_body"), "{worker}");
+}
+
+#[test]
+fn a_coordinator_clock_jump_fires_its_round_timer() {
+    if !have_fl("a_coordinator_clock_jump") {
+        return;
+    }
+    let (case, _logs) = run_one(CLOCK_SKEW);
+    let dump = serde_json::to_string_pretty(&case).unwrap();
+    assert_eq!(case.status, Status::Passed, "{dump}");
+    // Without the jump the round would have waited 10 minutes for client-2.
+    let r1 = case.rounds.iter().find(|r| r.round == 1).expect("round 1");
+    assert_eq!(r1.clients_aggregated, 2, "{dump}");
+    assert!(case.wall_ms < 90_000, "{dump}");
+}
