@@ -14,7 +14,7 @@ use std::time::SystemTime;
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-const USAGE: &str = "usage: cargo xtask bench [NAME...]   (NAME: a [[bench]] of benches/Cargo.toml, or `e2e`: the default suite's wall time)";
+const USAGE: &str = "usage: cargo xtask bench [NAME...]   (NAME: a [[bench]] of benches/Cargo.toml, `e2e`: the default suite's wall time, or `local`: the local stack's stand-up, the local suite and sim-vs-real medians)";
 
 /// The pseudo-bench timing `cargo xtask e2e` (the default suite on the sim backend).
 const E2E: &str = "e2e";
@@ -53,6 +53,118 @@ fn bench_e2e(target: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The pseudo-bench of the local backend (issue 8 targets).
+const LOCAL: &str = "local";
+/// Issue 8: standing up the local stack (etcd x3, PostgreSQL, S3, coordinator, 10 workers).
+const LOCAL_STACK_TARGET_MS: f64 = 10_000.0;
+/// Issue 8: the local suite on 2 cores.
+const LOCAL_SUITE_TARGET_MS: f64 = 300_000.0;
+/// Issue 8: medians over at least this many runs.
+const LOCAL_RUNS: u64 = 5;
+/// The FL case whose stand-up and round time are measured (10 clients).
+const LOCAL_FL_SCENARIO: &str = "scenarios/fl-fedavg-matches-offline-recompute.yaml";
+const LOCAL_FL_FILTER: &str = "clients=10";
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
+}
+
+/// Runs cases on the local backend (and on sim for the comparison) in-process.
+fn e2e_local(
+    root: &Path,
+    scenarios: &[&str],
+    filters: &[&str],
+    seeds: &[u64],
+) -> Result<harness::e2e::E2eResult> {
+    let mut o = harness::e2e::E2eOptions::defaults(root);
+    o.backend = "local".into();
+    o.selection.scenarios = scenarios.iter().map(|s| s.to_string()).collect();
+    o.selection.filters = filters.iter().map(|s| s.to_string()).collect();
+    o.selection.seeds = seeds.to_vec();
+    // One case at a time: a timing is not shared with a second case's processes.
+    o.jobs = 1;
+    o.progress = harness::e2e::ProgressMode::Lines;
+    o.out_dir = root.join("target/e2e-bench");
+    let cancel = std::sync::atomic::AtomicBool::new(false);
+    harness::e2e::run(&o, &cancel).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// Issue 8's targets: the local stack's stand-up time (median of [`LOCAL_RUNS`]), the local
+/// suite's wall time, and sim-vs-real medians of FL round time and etcd election time (a
+/// measurement: every difference beyond 20% is listed in the row's case text).
+fn bench_local(root: &Path, target: &Path) -> Result<()> {
+    eprintln!("== local backend: {LOCAL_RUNS} runs of {LOCAL_FL_SCENARIO} [{LOCAL_FL_FILTER}]");
+    let seeds: Vec<u64> = (1..=LOCAL_RUNS).collect();
+    let fl = e2e_local(root, &[LOCAL_FL_SCENARIO], &[LOCAL_FL_FILTER], &seeds)?;
+    let metric = |r: &harness::e2e::E2eResult, m: &str| -> Vec<f64> {
+        r.run
+            .cases
+            .iter()
+            .filter_map(|c| c.metrics.get(m).copied())
+            .collect()
+    };
+    let mut rows = Vec::new();
+    let stack = median(metric(&fl, "local_stack_up_ms"));
+    rows.push(serde_json::json!({
+        "case": format!("local stack stand-up: PostgreSQL, S3, coordinator, 10 workers (median of {LOCAL_RUNS})"),
+        "value": stack,
+        "unit": "ms",
+        "targets": [{"metric": "value", "op": "<=", "value": LOCAL_STACK_TARGET_MS}],
+    }));
+    // Sim vs real medians, from each run's comparison.
+    let sim_cases: Vec<f64> = fl
+        .run
+        .comparison
+        .iter()
+        .flat_map(|c| &c.cases)
+        .flat_map(|c| &c.rows)
+        .filter(|r| r.quantity.contains("fl_round_p50_ms"))
+        .filter_map(|r| r.sim.trim_end_matches(" ms").parse().ok())
+        .collect();
+    let (real_round, sim_round) = (median(metric(&fl, "fl_round_p50_ms")), median(sim_cases));
+    if let (Some(r), Some(s)) = (real_round, sim_round) {
+        let pct = (r - s).abs() / r.max(s).max(1.0) * 100.0;
+        rows.push(serde_json::json!({
+            "case": format!(
+                "FL round p50, 10 clients, real (median of {LOCAL_RUNS}); sim {s:.0} ms: {pct:.0}% apart{}",
+                if pct > 20.0 { " (DIFFERENCE beyond 20%)" } else { "" }
+            ),
+            "value": r,
+            "unit": "ms",
+            "targets": [],
+        }));
+    }
+    eprintln!("== local backend: the default suite");
+    let suite = e2e_local(root, &[], &[], &[])?;
+    rows.push(serde_json::json!({
+        "case": format!(
+            "local suite ({} passed, {} failed, {} skipped), wall",
+            suite.run.summary.passed, suite.run.summary.failed, suite.run.summary.skipped
+        ),
+        "value": suite.run.wall_ms as f64,
+        "unit": "ms",
+        "targets": [{"metric": "value", "op": "<=", "value": LOCAL_SUITE_TARGET_MS}],
+    }));
+    let dir = target.join("bench-results");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join("local.json");
+    std::fs::write(
+        &path,
+        serde_json::to_string_pretty(&serde_json::json!({"bench": LOCAL, "rows": rows}))?,
+    )
+    .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
 pub fn run(args: Vec<String>) -> Result<()> {
     if args.iter().any(|a| a == "-h" || a == "--help") {
         println!("{USAGE}");
@@ -63,6 +175,7 @@ pub fn run(args: Vec<String>) -> Result<()> {
     let mut known = bench_names(&manifest)?;
     // Not a criterion bench: the default e2e suite's wall time on the sim backend.
     known.push(E2E.to_owned());
+    known.push(LOCAL.to_owned());
     let selected = if args.is_empty() {
         known.clone()
     } else {
@@ -89,6 +202,13 @@ pub fn run(args: Vec<String>) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut failed = Vec::new();
     for name in &selected {
+        if name == LOCAL {
+            if let Err(e) = bench_local(&root, &target) {
+                eprintln!("bench `{LOCAL}` failed: {e:#}");
+                failed.push(name.clone());
+            }
+            continue;
+        }
         if name == E2E {
             if let Err(e) = bench_e2e(&target) {
                 eprintln!("bench `{E2E}` failed: {e:#}");
