@@ -60,6 +60,20 @@ const READY_TIMEOUT_MS: u64 = 30_000;
 const WORKER_POLL_MS: u64 = 50;
 /// A straggler's SIGSTOP/SIGCONT duty cycle: it runs `period / factor` of every period.
 const STRAGGLER_PERIOD_MS: u64 = 100;
+/// A straggler runs at least this long per period: on a loaded 2-core machine the harness
+/// thread that sends SIGSTOP is scheduled up to ~10 ms late, so a 1 ms slice would really be
+/// 10 ms and a 100x straggler only 10x. The period grows instead (up to 2 s) so that the run
+/// slice stays >= 10 ms and the slowdown is what the scenario asked for.
+const STRAGGLER_MIN_RUN_MS: u64 = 10;
+const STRAGGLER_MAX_PERIOD_MS: u64 = 2_000;
+
+/// (run, stop) ms of a straggler's duty cycle for a slowdown `factor` >= 1.
+fn duty(factor: f64) -> (u64, u64) {
+    let period = ((STRAGGLER_MIN_RUN_MS as f64 * factor).round() as u64)
+        .clamp(STRAGGLER_PERIOD_MS, STRAGGLER_MAX_PERIOD_MS);
+    let run = ((period as f64 / factor).round() as u64).max(1);
+    (run, period.saturating_sub(run))
+}
 /// The admin API key the session reads the coordinator with.
 const ADMIN_KEY: &str = "harness-admin-key";
 /// The digits fixture: 64 features, 10 classes.
@@ -732,8 +746,7 @@ impl LocalSession {
                     ));
                 }
                 let ids = self.clients_of(clients, kind)?;
-                let run_ms = ((STRAGGLER_PERIOD_MS as f64 / factor).round() as u64).max(1);
-                let stop_ms = STRAGGLER_PERIOD_MS.saturating_sub(run_ms);
+                let (run_ms, stop_ms) = duty(*factor);
                 let mut done = Vec::new();
                 for i in ids {
                     self.end_straggler(i);
@@ -758,8 +771,9 @@ impl LocalSession {
                     done.push(format!("client-{i} (pid {pid})"));
                 }
                 format!(
-                    "fl_straggler x{factor}: {} run {run_ms} ms of every {STRAGGLER_PERIOD_MS} ms (SIGSTOP/SIGCONT)",
-                    done.join(", ")
+                    "fl_straggler x{factor}: {} run {run_ms} ms of every {} ms (SIGSTOP/SIGCONT)",
+                    done.join(", "),
+                    run_ms + stop_ms
                 )
             }
             Fault::FlByzantine {

@@ -46,8 +46,18 @@ pub enum Need {
 }
 
 impl Need {
-    /// `Required` under `CI=true`, else `Auto`.
+    /// `FL_HARNESS_SERVICES=off|auto|required` if set (anything else is ignored with a
+    /// warning), else `Required` under `CI=true`, else `Auto`.
     pub fn from_env() -> Self {
+        match std::env::var("FL_HARNESS_SERVICES").as_deref() {
+            Ok("off") => return Self::Off,
+            Ok("auto") => return Self::Auto,
+            Ok("required") => return Self::Required,
+            Ok(other) => eprintln!(
+                "local backend: FL_HARNESS_SERVICES=`{other}` is not off, auto or required; ignored"
+            ),
+            Err(_) => {}
+        }
         if std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0") {
             Self::Required
         } else {
