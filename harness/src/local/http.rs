@@ -1,6 +1,6 @@
-//! A blocking HTTP/1.1 GET over a loopback socket, enough to read the coordinator's JSON
-//! endpoints. The harness has no async runtime; a single short request per poll does not
-//! warrant one (reqwest's blocking client would pull tokio into every harness build).
+//! A blocking HTTP/1.1 GET/POST over a loopback socket, enough to read the coordinator's JSON
+//! endpoints and to talk to etcd's HTTP/JSON gRPC gateway. The harness has no async runtime; a
+//! single short request per poll does not warrant one (reqwest's blocking client would pull tokio into every harness build).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -17,22 +17,63 @@ pub fn get(
     path: &str,
     headers: &[(&str, &str)],
 ) -> Result<(u16, Vec<u8>), String> {
-    let what = |e: std::io::Error| format!("GET http://{addr}{path} failed: {e}");
-    let t = Duration::from_millis(IO_TIMEOUT_MS);
+    request(
+        "GET",
+        addr,
+        path,
+        headers,
+        None,
+        Duration::from_millis(IO_TIMEOUT_MS),
+    )
+}
+
+/// POSTs a JSON `body` to `path`; every socket operation gives up after `timeout` (etcd's
+/// gateway holds a write without quorum for its own request timeout, seconds: the caller
+/// bounds how long it listens).
+pub fn post_json(
+    addr: SocketAddr,
+    path: &str,
+    body: &[u8],
+    timeout: Duration,
+) -> Result<(u16, Vec<u8>), String> {
+    request(
+        "POST",
+        addr,
+        path,
+        &[("content-type", "application/json")],
+        Some(body),
+        timeout,
+    )
+}
+
+fn request(
+    method: &str,
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+    t: Duration,
+) -> Result<(u16, Vec<u8>), String> {
+    let what = |e: std::io::Error| format!("{method} http://{addr}{path} failed: {e}");
     let mut s = TcpStream::connect_timeout(&addr, t).map_err(what)?;
     s.set_read_timeout(Some(t)).map_err(what)?;
     s.set_write_timeout(Some(t)).map_err(what)?;
-    let mut req = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
+    if let Some(b) = body {
+        req.push_str(&format!("content-length: {}\r\n", b.len()));
+    }
     req.push_str("\r\n");
-    s.write_all(req.as_bytes()).map_err(what)?;
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body.unwrap_or_default());
+    s.write_all(&bytes).map_err(what)?;
     let mut raw = Vec::new();
     s.take(MAX_RESPONSE_BYTES as u64 + 64 * 1024)
         .read_to_end(&mut raw)
         .map_err(what)?;
-    parse_response(&raw).map_err(|e| format!("GET http://{addr}{path}: {e}"))
+    parse_response(&raw).map_err(|e| format!("{method} http://{addr}{path}: {e}"))
 }
 
 /// Splits a whole HTTP/1.1 response into status and body (identity or chunked).
