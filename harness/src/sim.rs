@@ -830,6 +830,9 @@ impl SimSession {
                     st.term
                 )
             }
+            Some(_) if !st.members.iter().any(|m| &m.name != node && m.running) => {
+                format!("{node} was the only running member: no one is left to elect a leader")
+            }
             Some(_) => {
                 self.elections.push(ElectionWatch {
                     killed: node.clone(),

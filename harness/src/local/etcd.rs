@@ -573,6 +573,9 @@ impl Cluster {
                 self.name_of(s.leader),
                 s.term
             ),
+            Some(_) if survivors.is_empty() => {
+                format!("{killed} was the only member: no one is left to elect a leader")
+            }
             Some(s) => {
                 let seen = Arc::new(Mutex::new(Election::default()));
                 let stop = Arc::new(AtomicBool::new(false));
@@ -1189,7 +1192,8 @@ impl LocalSession {
             c.await_watches(Duration::from_millis(WATCH_CATCH_UP_MS));
         }
         let real = t0.elapsed().as_millis() as u64;
-        let skipped = remaining.saturating_sub(real);
+        // Lands the session clock on `until_ms` (the real part already counts in it).
+        let skipped = until_ms.saturating_sub(self.now_ms());
         self.idle_skipped_ms += skipped;
         self.wait_note = Some(format!(
             "on local: {real} ms of real time, {} ({what}); the other {skipped} ms skipped (local_idle_wait_skipped_ms)",
