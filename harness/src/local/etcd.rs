@@ -30,8 +30,9 @@
 //!   (caught up); `wait: {cluster: ready}` when every member not lost does and they agree on a
 //!   leader. Other node conditions, pods and workloads stay skipped (no kubelet on local).
 //! - **Idle waits**: a `wait: {duration}` (or an `after`/`time` trigger) while no FL process
-//!   runs lasts only until etcd is steady (every running member answers and they agree on a
-//!   running leader, or, without a majority running, no member believes in a leader any more),
+//!   runs lasts only until etcd is steady (the last member start is [`SETTLE_MS`] old, every
+//!   running member answers and they agree on a running leader, or, without a majority
+//!   running, no member believes in a leader any more),
 //!   at most [`STEADY_CAP_MS`]; the rest of the duration is skipped, said in the step's detail
 //!   and added to `local_idle_wait_skipped_ms`. A 15-minute wait would otherwise cost 15
 //!   minutes of a CI run while three idle members only exchange heartbeats. With FL processes
@@ -88,6 +89,13 @@ pub const QUORUM_PROBE_MS: u64 = 2 * ELECTION_MS;
 /// second on loopback: one election timeout plus process start; the margin covers a loaded
 /// 2-core machine).
 const STARTUP_TIMEOUT_MS: u64 = 30_000;
+/// A member is steady no sooner than this after its (re)start: etcd's
+/// `--initial-election-tick-advance` (default true, `etcd --help`) fast-forwards a booting
+/// member's election ticks once its peers connect, which can land after the cluster already
+/// has a leader; a leader killed then is noticed a few hundred ms early (seen here: 419 ms
+/// against the 1000 ms election timeout). Two election timeouts cover it; a scenario's idle
+/// wait stands for a cluster up that long, so its election times are those of a settled cluster.
+pub const SETTLE_MS: u64 = 2 * ELECTION_MS;
 /// Longest real time an idle `wait: {duration}` waits for etcd to become steady.
 pub const STEADY_CAP_MS: u64 = 5_000;
 /// How often an idle wait or a node/cluster wait polls.
@@ -334,6 +342,8 @@ pub(super) struct Cluster {
     standup_ms: u64,
     watches: Vec<Watch>,
     probes: u64,
+    /// The last time a member was started (spawn or restart).
+    last_start: Instant,
 }
 
 impl Drop for Cluster {
@@ -436,6 +446,7 @@ impl Cluster {
             standup_ms: 0,
             watches: Vec::new(),
             probes: 0,
+            last_start: t0,
         };
         let mut last = String::new();
         while t0.elapsed() < Duration::from_millis(STARTUP_TIMEOUT_MS) {
@@ -608,9 +619,12 @@ impl Cluster {
                 self.members[i].name
             ));
         }
-        self.sup
+        let pid = self
+            .sup
             .restart(&self.members[i].process())
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        self.last_start = Instant::now();
+        Ok(pid)
     }
 
     /// A linearizable put then range of [`PROBE_KEY`] through member `i`, within `budget`.
@@ -787,6 +801,15 @@ impl Cluster {
     /// Whether nothing is about to change: every running member answers and they agree on a
     /// running leader; or, without a majority running, none believes in a leader any more.
     fn steady(&mut self) -> (bool, String) {
+        let up = self.last_start.elapsed().as_millis() as u64;
+        if up < SETTLE_MS {
+            return (
+                false,
+                format!(
+                    "the last member started {up} ms ago, less than the {SETTLE_MS} ms a boot takes to settle"
+                ),
+            );
+        }
         let n = self.members.len();
         let st = self.statuses();
         if st.is_empty() {
