@@ -32,9 +32,9 @@
 //! - **Idle waits**: a `wait: {duration}` (or an `after`/`time` trigger) while no FL process
 //!   runs lasts only until etcd is steady (the last member start is [`SETTLE_MS`] old, every
 //!   running member answers and they agree on a running leader, or, without a majority
-//!   running, no member believes in a leader any more),
-//!   at most [`STEADY_CAP_MS`]; the rest of the duration is skipped, said in the step's detail
-//!   and added to `local_idle_wait_skipped_ms`. A 15-minute wait would otherwise cost 15
+//!   running, no member believes in a leader any more), at most [`STEADY_CAP_MS`]; the rest
+//!   of the duration is skipped, said in the step's detail and added to
+//!   `local_idle_wait_skipped_ms`. A 15-minute wait would otherwise cost 15
 //!   minutes of a CI run while three idle members only exchange heartbeats. With FL processes
 //!   running the wait is real, as before.
 //! - **Metrics** (the same names on the sim): when a fault kills the leader, a thread polls
