@@ -276,6 +276,11 @@ pub trait Session {
     fn collect(&mut self, what: &[Collect], dir: &Path) -> Result<Vec<String>, String>;
     /// Everything observed so far.
     fn observations(&self) -> Observations;
+    /// What the last wait did beyond reaching its condition (e.g. the `local` backend's
+    /// shortened idle wait, or the state a node wait saw), appended to the step's detail.
+    fn take_note(&mut self) -> Option<String> {
+        None
+    }
 }
 
 /// A backend.

@@ -497,6 +497,9 @@ fn run_step(
                         "reached after {}",
                         crate::duration::Duration::from_ms(session.now_ms() - t0)
                     );
+                    if let Some(n) = session.take_note() {
+                        sr.detail.push_str(&format!("; {n}"));
+                    }
                     (sr, None)
                 }
                 Advance::DeadlinePassed(state) => fail(

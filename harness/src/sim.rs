@@ -132,6 +132,7 @@ impl Backend for SimBackend {
             last_step_end_us: 0,
             markers: Vec::new(),
             gitops,
+            elections: Vec::new(),
         }))
     }
 }
@@ -205,6 +206,60 @@ struct SimSession {
     markers: Vec<Marker>,
     /// The case's GitOps controller (`workload.gitops`).
     gitops: Option<gitops::Gitops>,
+    /// Leader kills being timed, in order (the first one gives the election metrics).
+    elections: Vec<ElectionWatch>,
+}
+
+/// How long after a leader kill an election watch keeps looking (an election takes one to two
+/// randomized election timeouts).
+const ELECTION_WATCH_US: u64 = 60 * SEC;
+
+/// A leader kill, timed as on the `local` backend: `detected` is the first event after which a
+/// running member's raft term is above the dead leader's (a follower started an election),
+/// `elected` the first after which one new leader is known to every running member.
+#[derive(Debug, Clone)]
+struct ElectionWatch {
+    killed: String,
+    t0_us: u64,
+    term0: u64,
+    detected_us: Option<u64>,
+    elected_us: Option<u64>,
+    /// The next etcd fault came before the election.
+    interrupted: bool,
+}
+
+impl ElectionWatch {
+    fn pending(&self) -> bool {
+        self.elected_us.is_none() && !self.interrupted
+    }
+
+    fn observe(&mut self, w: &World) {
+        if !self.pending() || w.now().saturating_sub(self.t0_us) > ELECTION_WATCH_US {
+            return;
+        }
+        let st = w.etcd_status();
+        if self.detected_us.is_none() && st.term > self.term0 {
+            self.detected_us = Some(w.now());
+        }
+        // Members are in raft-id order, ids from 1.
+        let Some(l) = st
+            .members
+            .iter()
+            .position(|m| m.running && m.role.as_deref() == Some("Leader") && m.term > self.term0)
+        else {
+            return;
+        };
+        let id = l as u64 + 1;
+        if st.members[l].name != self.killed
+            && st
+                .members
+                .iter()
+                .filter(|m| m.running)
+                .all(|m| m.leader_id == id)
+        {
+            self.elected_us = Some(w.now());
+        }
+    }
 }
 
 fn us_to_ms(us: u64) -> u64 {
@@ -744,8 +799,78 @@ impl SimSession {
         })
     }
 
-    /// Run until `pred` or `deadline_us`, in slices, checking `stop` between slices.
+    /// Before a fault: ends the pending election watches (what follows is not their election)
+    /// and, when the fault kills the etcd leader, starts one. Says what the kill means.
+    fn watch_election(&mut self, fault: &Fault) -> Option<String> {
+        for w in &mut self.elections {
+            if w.pending() {
+                w.interrupted = true;
+            }
+        }
+        let node = match fault {
+            Fault::KillNode(n)
+            | Fault::EtcdMemberLoss(n)
+            | Fault::KillProcess {
+                node: n,
+                process: Process::Etcd,
+            } => n,
+            _ => return None,
+        };
+        let st = self.world().etcd_status();
+        if !st.members.iter().any(|m| &m.name == node && m.running) {
+            return None;
+        }
+        Some(match st.leader.as_deref() {
+            None => format!(
+                "no leader before the kill (term {}): no election to measure",
+                st.term
+            ),
+            Some(l) if l != node => {
+                format!(
+                    "{node} was a follower (leader {l}, term {}): no election follows",
+                    st.term
+                )
+            }
+            Some(_) if !st.members.iter().any(|m| &m.name != node && m.running) => {
+                format!("{node} was the only running member: no one is left to elect a leader")
+            }
+            Some(_) => {
+                self.elections.push(ElectionWatch {
+                    killed: node.clone(),
+                    t0_us: self.sim.now(),
+                    term0: st.term,
+                    detected_us: None,
+                    elected_us: None,
+                    interrupted: false,
+                });
+                format!(
+                    "{node} was the leader (term {}): timing the election",
+                    st.term
+                )
+            }
+        })
+    }
+
+    /// Run until `pred` or `deadline_us`, in slices, checking `stop` between slices. Pending
+    /// election watches look at the world after every event.
     fn run(
+        &mut self,
+        deadline_us: u64,
+        stop: StopCheck<'_>,
+        mut pred: impl FnMut(&World) -> bool,
+    ) -> Result<bool, Advance> {
+        let mut watches = std::mem::take(&mut self.elections);
+        let out = self.run_slices(deadline_us, stop, |w| {
+            for x in watches.iter_mut() {
+                x.observe(w);
+            }
+            pred(w)
+        });
+        self.elections = watches;
+        out
+    }
+
+    fn run_slices(
         &mut self,
         deadline_us: u64,
         stop: StopCheck<'_>,
@@ -933,7 +1058,10 @@ impl Session for SimSession {
             return r;
         }
         let f = self.to_sim_fault(fault)?;
-        let text = f.to_string();
+        let mut text = f.to_string();
+        if let Some(what) = self.watch_election(fault) {
+            text.push_str(&format!(" ({what})"));
+        }
         self.sim.inject(f);
         self.markers.push(Marker {
             at_ms: self.now_ms(),
@@ -1073,6 +1201,16 @@ impl Session for SimSession {
             .sum();
         metrics.insert("node_not_ready_total_ms".to_string(), not_ready_ms as f64);
         metrics.insert("etcd_quorum_lost_ms".to_string(), quorum_lost_ms as f64);
+        // The same names as the local backend's (`local/etcd.rs`), for the sim-vs-real table.
+        if let Some(e) = self.elections.first() {
+            let ms = |t: u64| t.saturating_sub(e.t0_us) as f64 / MS as f64;
+            if let Some(t) = e.detected_us {
+                metrics.insert("etcd_dead_member_detected_ms".to_string(), ms(t));
+            }
+            if let Some(t) = e.elected_us {
+                metrics.insert("etcd_leader_election_ms".to_string(), ms(t));
+            }
+        }
         metrics.insert("virtual_ms".to_string(), now as f64);
         if let Some(fl) = self.fl_model() {
             let mut lat: Vec<u64> = fl.rounds().iter().map(|r| r.latency_ms).collect();

@@ -11,8 +11,9 @@ const USAGE: &str = "usage: cargo xtask setup <what>
          libxml2-utils (xmllint, the junit.xml schema test), postgresql (the coordinator's
          PostgreSQL metadata test) and an S3-compatible server (moto's, from PyPI, in a venv
          under target/tools/s3) for the coordinator's `--store s3://` test
-  local  what `cargo xtask e2e --backend local` runs: the `fl` binary (`cargo build -p fl-node`,
-         found next to xtask's own executable); no etcd or PostgreSQL is used by it yet
+  local  what `cargo xtask e2e --backend local` runs: etcd-server (the etcd members of an etcd
+         topology) and the `fl` binary (`cargo build -p fl-node`, found next to xtask's own
+         executable)
 ";
 
 /// Debian packages per target.
@@ -25,6 +26,13 @@ const CI_PACKAGES: &[(&str, &str)] = &[
     ),
     ("python3-venv", "a venv for the S3-compatible test server"),
 ];
+
+/// Debian packages of `setup local`. The harness talks to etcd over its HTTP/JSON gateway, so
+/// no `etcd-client` (etcdctl) is needed.
+const LOCAL_PACKAGES: &[(&str, &str)] = &[(
+    "etcd-server",
+    "etcd members for the local backend's etcd topologies",
+)];
 
 /// The S3-compatible server the `--store s3://` tests start: moto's, pinned, from PyPI.
 const S3_SERVER_PIP: &str = "moto[server]==5.2.5";
@@ -44,6 +52,7 @@ pub fn run(args: Vec<String>) -> Result<()> {
             Ok(())
         }
         "local" => {
+            install(LOCAL_PACKAGES)?;
             let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
             let status = Command::new(&cargo)
                 .args(["build", "-p", "fl-node", "--bin", "fl"])

@@ -1,6 +1,6 @@
-//! A blocking HTTP/1.1 client over a loopback socket, enough to read the coordinator's JSON
-//! endpoints and make the S3 bucket. The harness has no async runtime; a single short request per poll does not
-//! warrant one (reqwest's blocking client would pull tokio into every harness build).
+//! A blocking HTTP/1.1 GET/POST over a loopback socket, enough to read the coordinator's JSON
+//! endpoints and to talk to etcd's HTTP/JSON gRPC gateway. The harness has no async runtime; a
+//! single short request per poll does not warrant one (reqwest's blocking client would pull tokio into every harness build).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -17,19 +17,44 @@ pub fn get(
     path: &str,
     headers: &[(&str, &str)],
 ) -> Result<(u16, Vec<u8>), String> {
-    request("GET", addr, path, headers, &[])
+    request(
+        "GET",
+        addr,
+        path,
+        headers,
+        None,
+        Duration::from_millis(IO_TIMEOUT_MS),
+    )
 }
 
-/// Sends one request with a body (`PUT`, `POST`, ...); returns the status and the body.
+/// POSTs a JSON `body` to `path`; every socket operation gives up after `timeout` (etcd's
+/// gateway holds a write without quorum for its own request timeout, seconds: the caller
+/// bounds how long it listens).
+pub fn post_json(
+    addr: SocketAddr,
+    path: &str,
+    body: &[u8],
+    timeout: Duration,
+) -> Result<(u16, Vec<u8>), String> {
+    request(
+        "POST",
+        addr,
+        path,
+        &[("content-type", "application/json")],
+        Some(body),
+        timeout,
+    )
+}
+
 pub fn request(
     method: &str,
     addr: SocketAddr,
     path: &str,
     headers: &[(&str, &str)],
-    body: &[u8],
+    body: Option<&[u8]>,
+    t: Duration,
 ) -> Result<(u16, Vec<u8>), String> {
     let what = |e: std::io::Error| format!("{method} http://{addr}{path} failed: {e}");
-    let t = Duration::from_millis(IO_TIMEOUT_MS);
     let mut s = TcpStream::connect_timeout(&addr, t).map_err(what)?;
     s.set_read_timeout(Some(t)).map_err(what)?;
     s.set_write_timeout(Some(t)).map_err(what)?;
@@ -37,12 +62,13 @@ pub fn request(
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
-    if !body.is_empty() || method != "GET" {
-        req.push_str(&format!("content-length: {}\r\n", body.len()));
+    if let Some(b) = body {
+        req.push_str(&format!("content-length: {}\r\n", b.len()));
     }
     req.push_str("\r\n");
-    s.write_all(req.as_bytes()).map_err(what)?;
-    s.write_all(body).map_err(what)?;
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body.unwrap_or_default());
+    s.write_all(&bytes).map_err(what)?;
     let mut raw = Vec::new();
     s.take(MAX_RESPONSE_BYTES as u64 + 64 * 1024)
         .read_to_end(&mut raw)

@@ -1,9 +1,11 @@
 //! The `local` backend: real `fl coordinator` and `fl worker` processes on 127.0.0.1.
 //!
 //! Time here is wall time: `now_ms` is real milliseconds since the case started, plus any idle
-//! `wait: { duration }` taken before a process runs (nothing exists yet to wait for on this
-//! backend: the sim's cluster does not exist here, so such a wait costs no wall time and says
-//! so in its detail). Every process is started by the [`supervisor`], logs to
+//! `wait: { duration }` taken while no FL process runs (with nothing running such a wait costs no
+//! wall time; with the case's etcd cluster running it lasts until etcd is steady, a few seconds
+//! at most: see [`etcd`]; either way the skipped time is said in the step's detail and counted
+//! in `local_idle_wait_skipped_ms`). Control-plane nodes of an etcd topology are real etcd
+//! members ([`etcd`]). Every process is started by the [`supervisor`], logs to
 //! `target/e2e/local/<case>/<process>.log` (the folder is named in `fl.start`'s detail and
 //! `collect: [logs]` copies it into the case's artifacts), and is ended by PID when the session
 //! is dropped. The coordinator's data dir is a temp dir removed after its processes are gone.
@@ -18,6 +20,7 @@
 //! alpha = beta = `dirichlet_alpha` (as the sim), which has 60 features, so the model's input
 //! width becomes 60 and `fl.start` says so.
 
+pub mod etcd;
 pub mod flbin;
 pub mod host;
 pub mod http;
@@ -118,8 +121,11 @@ impl LocalBackend {
         let set = |v: &[&'static str]| v.iter().copied().collect::<BTreeSet<_>>();
         Capabilities {
             faults: set(&[
+                "kill_node",
+                "restore_node",
                 "kill_process",
                 "restore_process",
+                "etcd_member_loss",
                 "fl_client_dropout",
                 "fl_straggler",
                 "fl_byzantine",
@@ -130,18 +136,21 @@ impl LocalBackend {
                 "clock_skew",
             ]),
             assertions: set(&[
+                "etcd.quorum",
                 "fl.round_completed",
                 "fl.global_model",
                 "fl.accuracy",
                 "fl.round_latency",
                 "fl.clients_aggregated",
             ]),
-            waits: set(&["duration", "fl.round"]),
+            waits: set(&["duration", "cluster", "node", "fl.round"]),
             triggers: set(&["time", "after", "fl.round"]),
             workloads: set(&["fl"]),
             virtual_time: false,
-            missing_reason: "the local backend runs real `fl` coordinator and worker processes only; \
-                             no cluster, etcd or GitOps controller runs on it yet",
+            missing_reason: "the local backend runs real `fl` coordinator and worker processes and \
+                             the etcd members of control-plane nodes; no kubelet, Kubernetes \
+                             API or GitOps controller runs on it yet, and network faults act on \
+                             the FL links only",
         }
     }
 
@@ -180,7 +189,8 @@ impl LocalBackend {
             (None, None)
         };
         let wants_clock = faults.iter().any(|f| matches!(f, Fault::ClockSkew { .. }));
-        Ok(LocalSession {
+        let etcd_plan = etcd::Plan::of(&self.root, case)?;
+        let mut s = LocalSession {
             tmpfs,
             tmpfs_error,
             wants_clock,
@@ -204,7 +214,12 @@ impl LocalBackend {
             need: self.services,
             services: None,
             stack_up_ms: None,
-        })
+            etcd_plan,
+            etcd: None,
+            wait_note: None,
+        };
+        s.etcd_start()?;
+        Ok(s)
     }
 }
 
@@ -299,6 +314,11 @@ pub struct LocalSession {
     /// The case has a `clock_skew`: the coordinator reads a harness-driven clock.
     wants_clock: bool,
     clock: Option<host::ClockDriver>,
+    etcd_plan: etcd::Plan,
+    /// The case's etcd members, when its topology has them and it uses them.
+    etcd: Option<etcd::Cluster>,
+    /// What the last wait did beyond reaching its condition (for the step's detail).
+    wait_note: Option<String>,
 }
 
 impl Drop for LocalSession {
@@ -313,6 +333,7 @@ impl Drop for LocalSession {
         self.clock = None;
         // Unmount before the temp dir under it is removed.
         self.tmpfs = None;
+        drop(self.etcd.take());
     }
 }
 
@@ -328,7 +349,9 @@ fn worker_name(i: u32) -> String {
 impl LocalSession {
     /// PIDs of every running process, by name.
     pub fn pids(&mut self) -> BTreeMap<String, u32> {
-        self.sup.pids()
+        let mut p = self.sup.pids();
+        p.extend(self.etcd_pids());
+        p
     }
 
     /// Where the processes log.
@@ -469,6 +492,9 @@ impl LocalSession {
 
     /// Sleeps until `until_ms` (session time); a wait with nothing running costs no wall time.
     fn sleep_until(&mut self, until_ms: u64, stop: StopCheck<'_>) -> Advance {
+        if let Some(a) = self.etcd_idle_wait(until_ms, stop) {
+            return a;
+        }
         if self.sup.pids().is_empty() {
             self.idle_skipped_ms += until_ms.saturating_sub(self.now_ms());
             return Advance::Reached;
@@ -1081,7 +1107,18 @@ impl Session for LocalSession {
     }
 
     fn unsupported(&self, step: &Step) -> Option<String> {
+        if let Some(r) = self.etcd_unsupported(step) {
+            return Some(r);
+        }
         match step.fault.as_ref()? {
+            Fault::KillProcess {
+                process: Process::Etcd,
+                ..
+            }
+            | Fault::RestoreProcess {
+                process: Process::Etcd,
+                ..
+            } => None,
             Fault::KillProcess { node, process } | Fault::RestoreProcess { node, process } => {
                 Self::process_name(node, *process).err()
             }
@@ -1105,8 +1142,12 @@ impl Session for LocalSession {
         }
     }
 
-    fn unsupported_assertion(&self, _a: &Assertion) -> Option<String> {
-        None
+    fn unsupported_assertion(&self, a: &Assertion) -> Option<String> {
+        self.etcd_unsupported_assertion(a)
+    }
+
+    fn take_note(&mut self) -> Option<String> {
+        self.wait_note.take()
     }
 
     fn advance_until(
@@ -1115,6 +1156,7 @@ impl Session for LocalSession {
         deadline_ms: u64,
         stop: StopCheck<'_>,
     ) -> Advance {
+        self.wait_note = None;
         match probe {
             Probe::Wait(Wait {
                 duration: Some(d), ..
@@ -1133,7 +1175,9 @@ impl Session for LocalSession {
                 let r = u64::from(*r);
                 self.poll_until(deadline_ms, stop, move |v| reached(v, r, RoundPhase::Done))
             }
-            Probe::Wait(_) => Advance::Halted("the local backend cannot wait for this".into()),
+            Probe::Wait(w) => self.etcd_wait(w, deadline_ms, stop).unwrap_or_else(|| {
+                Advance::Halted("the local backend cannot wait for this".into())
+            }),
             Probe::Trigger(t) => self.trigger(t, deadline_ms, stop),
             Probe::Assertion(a) => {
                 let budget = deadline_ms.saturating_sub(self.now_ms());
@@ -1155,6 +1199,9 @@ impl Session for LocalSession {
     }
 
     fn inject(&mut self, fault: &Fault) -> Result<String, String> {
+        if let Some(r) = self.etcd_inject(fault) {
+            return r;
+        }
         match fault {
             Fault::KillProcess { node, process } => {
                 let name = Self::process_name(node, *process)?;
@@ -1385,7 +1432,7 @@ impl Session for LocalSession {
     }
 
     fn check(&mut self, a: &Assertion) -> Check {
-        self.check_fl(a)
+        self.etcd_check(a).unwrap_or_else(|| self.check_fl(a))
     }
 
     fn collect(&mut self, what: &[Collect], dir: &Path) -> Result<Vec<String>, String> {
@@ -1393,7 +1440,7 @@ impl Session for LocalSession {
         for c in what {
             match c {
                 Collect::Logs => {
-                    for (name, log, _) in self.sup.logs() {
+                    for (name, log, _) in self.sup.logs().into_iter().chain(self.etcd_logs()) {
                         let to = dir.join(format!("{name}.log"));
                         std::fs::copy(&log, &to).map_err(|e| {
                             format!("failed to copy {} to {}: {e}", log.display(), to.display())
@@ -1485,6 +1532,7 @@ impl Session for LocalSession {
             metrics.insert("local_proxy_bytes".to_string(), bytes as f64);
             metrics.insert("local_proxy_chunks_lost_count".to_string(), lost as f64);
         }
+        self.etcd_metrics(&mut metrics);
         Observations {
             timeline: Timeline {
                 nodes: self.tracks.values().cloned().collect(),

@@ -379,7 +379,14 @@ fn wait_s3(sup: &mut Supervisor, addr: SocketAddr, prefix: &str) -> Result<S3, S
                 sup.log_tail("s3", 15)
             ));
         }
-        match http::request("PUT", addr, &format!("/{BUCKET}"), &[], &[]) {
+        match http::request(
+            "PUT",
+            addr,
+            &format!("/{BUCKET}"),
+            &[],
+            Some(&[]),
+            Duration::from_secs(5),
+        ) {
             Ok((s, _)) if (200..300).contains(&s) => {
                 return Ok(S3 {
                     addr,

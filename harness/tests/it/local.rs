@@ -2,7 +2,11 @@
 //! (not skipped), the global model equals `fl aggregate`'s recompute, and no process is left
 //! behind when a session is dropped mid-run or on a panic (the runner drops a session the same
 //! way after a timeout or Ctrl-C).
-//! Without the `fl` binary (`cargo build -p fl-node`) these tests skip loudly; under CI they fail.
+//! The etcd cases run a real 3-member etcd (Debian `etcd-server`): quorum kept with one member
+//! SIGKILLed and lost with two, a restored member rejoins from its WAL, a leader kill is timed,
+//! and no etcd PID survives a dropped session.
+//! Without the `fl` binary (`cargo build -p fl-node`) or `etcd` (`cargo xtask setup local`)
+//! these tests skip loudly; under CI they fail.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -11,6 +15,7 @@ use std::time::{Duration, Instant};
 use harness::backend::{Advance, Probe, Session};
 use harness::load::{Case, Catalog, expand, parse_str};
 use harness::local::LocalBackend;
+use harness::local::etcd::find_etcd;
 use harness::local::flbin::find_fl;
 use harness::local::supervisor::pid_alive;
 use harness::outcome::Status;
@@ -19,19 +24,20 @@ use harness::scenario::Wait;
 
 use crate::support::{in_ci, root};
 
-/// Skips loudly (fails under CI) when no `fl` binary is next to this test binary.
+/// Skips loudly (fails under CI) when no `fl` binary is next to this test binary or no `etcd`
+/// is installed (`cargo xtask setup local`).
 fn have_fl(test: &str) -> bool {
-    match find_fl() {
-        Ok(_) => true,
-        Err(e) => {
-            let msg = format!("{test}: {e}");
-            if in_ci() {
-                panic!("{msg}; CI builds it with `cargo test` (fl-node is a default member)");
-            }
-            eprintln!("\n*** SKIPPED {msg} ***\n");
-            false
-        }
+    let missing = match (find_fl(), find_etcd()) {
+        (Ok(_), Ok(_)) => return true,
+        (Err(e), _) => format!("{e}; CI builds it with `cargo test` (fl-node is a default member)"),
+        (_, Err(e)) => e,
+    };
+    let msg = format!("{test}: {missing}");
+    if in_ci() {
+        panic!("{msg}");
     }
+    eprintln!("\n*** SKIPPED {msg} ***\n");
+    false
 }
 
 fn cases_of(text: &str) -> Vec<Case> {
@@ -100,8 +106,8 @@ fn local_fedavg_survives_a_coordinator_kill_and_matches_the_offline_recompute() 
     ] {
         assert_eq!(status(k), Status::Passed, "{k}: {dump}");
     }
-    // No etcd on this backend yet: skipped with the reason, never passed.
-    assert_eq!(status("etcd.quorum"), Status::Skipped, "{dump}");
+    // The case asserts etcd.quorum, so its topology's three etcd members ran with it.
+    assert_eq!(status("etcd.quorum"), Status::Passed, "{dump}");
     assert!(dump.contains("restore_process"), "{dump}");
     assert_eq!(case.rounds.len(), 3, "{dump}");
     // The idle wait cost no wall time and the processes logged where the session said.
@@ -146,6 +152,12 @@ fn started_session(be: &LocalBackend) -> (harness::local::LocalSession, Vec<u32>
     for name in ["coordinator", "worker-0", "worker-1", "worker-2"] {
         assert!(by_name.contains_key(name), "{name} runs: {by_name:?}");
     }
+    // The case asserts etcd.quorum: its topology's three etcd members run too.
+    assert_eq!(
+        by_name.keys().filter(|k| k.starts_with("etcd-")).count(),
+        3,
+        "{by_name:?}"
+    );
     // PostgreSQL and the S3 server when installed; their own children (PostgreSQL's
     // checkpointer, walwriter, ...) must go too.
     let mut pids: Vec<u32> = by_name.values().copied().collect();
@@ -197,8 +209,238 @@ fn nothing_is_left_behind_after_a_drop_mid_run_or_a_panic() {
         panic!("a step panicked");
     }));
     assert!(r.is_err());
-    assert!(seen.len() >= 4, "{seen:?}");
+    assert!(seen.len() >= 7, "{seen:?}");
     assert_all_gone(&seen, "panic while running");
+}
+
+/// Three etcd members: one killed keeps quorum, two killed lose it, one restored brings it back.
+const ETCD_QUORUM: &str = "name: local-etcd-quorum
+topology: mlworkbench-kvm
+timeout: 60s
+steps:
+  - wait: { cluster: ready, timeout: 20s }
+  - fault: { kill_node: talos-k8s-1 }
+  - wait: { duration: 10s }
+  - assert:
+      - etcd.quorum: true
+  - fault: { kill_process: { node: talos-k8s-2, process: etcd } }
+  - assert:
+      - etcd.quorum: false
+  - fault: { restore_node: talos-k8s-1 }
+  - wait: { node: talos-k8s-1, condition: Ready, timeout: 20s }
+  - assert:
+      - etcd.quorum: true
+  - fault: { restore_process: { node: talos-k8s-2, process: etcd } }
+  - wait: { cluster: ready, timeout: 20s }
+";
+
+#[test]
+fn local_etcd_keeps_quorum_with_one_member_killed_loses_it_with_two_and_a_restored_member_rejoins()
+{
+    if !have_fl("local_etcd_quorum") {
+        return;
+    }
+    let logs = tempfile::tempdir().unwrap();
+    let be = LocalBackend::new(&root()).with_logs_root(logs.path());
+    let opts = RunOptions {
+        jobs: 1,
+        timeout_ms: None,
+        artifacts_dir: None,
+        root: root(),
+    };
+    let r = run_cases(
+        &be,
+        &cases_of(ETCD_QUORUM),
+        &opts,
+        &Silent,
+        &AtomicBool::new(false),
+    );
+    let case = &r[0];
+    let dump = serde_json::to_string_pretty(case).unwrap();
+    assert_eq!(case.status, Status::Passed, "{dump}");
+    // Every step ran: none skipped, each assertion checked for real.
+    for s in &case.steps {
+        assert_eq!(s.status, Status::Passed, "{}: {dump}", s.description);
+        for a in &s.assertions {
+            assert_eq!(a.status, Status::Passed, "{dump}");
+        }
+    }
+    let detail = |i: usize| case.steps[i].assertions[0].detail.clone();
+    assert!(detail(3).contains("committed"), "{dump}");
+    assert!(detail(5).contains("no running member committed"), "{dump}");
+    assert!(detail(8).contains("2/3 members running"), "{dump}");
+    // The restored member is caught up, said in the wait's detail.
+    assert!(
+        case.steps[7].detail.contains("caught up"),
+        "{}",
+        case.steps[7].detail
+    );
+    // The 10 s idle wait lasted until etcd was steady and said what it skipped.
+    assert!(
+        case.steps[2].detail.contains("skipped"),
+        "{}",
+        case.steps[2].detail
+    );
+    let dir = logs.path().join("local-etcd-quorum");
+    for m in ["talos-k8s-1", "talos-k8s-2", "talos-k8s-3"] {
+        let log = std::fs::read_to_string(dir.join(format!("etcd-{m}.log"))).unwrap();
+        assert!(log.contains(m), "etcd-{m}.log does not name its member");
+    }
+}
+
+const ETCD_IDLE: &str = "name: local-etcd-leader-kill
+topology: mlworkbench-kvm
+timeout: 60s
+steps:
+  - wait: { cluster: ready, timeout: 20s }
+  - assert:
+      - etcd.quorum: true
+";
+
+fn etcd_session(be: &LocalBackend) -> harness::local::LocalSession {
+    be.start_local(&cases_of(ETCD_IDLE).remove(0)).unwrap()
+}
+
+#[test]
+fn local_etcd_leader_kill_yields_the_election_metrics() {
+    if !have_fl("local_etcd_leader_kill") {
+        return;
+    }
+    let logs = tempfile::tempdir().unwrap();
+    let be = LocalBackend::new(&root()).with_logs_root(logs.path());
+    let mut s = etcd_session(&be);
+    assert!(s.observations().metrics["local_etcd_standup_ms"] > 0.0);
+    let leader = s.etcd_leader().expect("a leader after stand-up");
+    let follower = s
+        .etcd_members()
+        .into_iter()
+        .map(|(n, _)| n)
+        .find(|n| *n != leader)
+        .unwrap();
+    // A follower's death starts no election: no number is made up for it.
+    let d = s
+        .inject(&harness::scenario::Fault::KillNode(follower.clone()))
+        .unwrap();
+    assert!(d.contains("was a follower"), "{d}");
+    assert!(d.contains("no election"), "{d}");
+    s.inject(&harness::scenario::Fault::RestoreNode(follower.clone()))
+        .unwrap();
+    let w = Wait {
+        node: Some(follower),
+        timeout: Some(harness::duration::Duration::from_ms(20_000)),
+        ..Default::default()
+    };
+    let deadline = s.now_ms() + 20_000;
+    assert_eq!(
+        s.advance_until(Probe::Wait(&w), deadline, &|| false),
+        Advance::Reached
+    );
+    assert!(
+        !s.observations()
+            .metrics
+            .contains_key("etcd_leader_election_ms")
+    );
+
+    let leader = s.etcd_leader().expect("a leader");
+    let d = s
+        .inject(&harness::scenario::Fault::KillNode(leader.clone()))
+        .unwrap();
+    assert!(d.contains("was the leader"), "{d}");
+    // The idle wait lasts until the survivors agree on a new leader.
+    let w = Wait {
+        duration: Some(harness::duration::Duration::from_ms(10_000)),
+        ..Default::default()
+    };
+    let deadline = s.now_ms() + 10_000;
+    assert_eq!(
+        s.advance_until(Probe::Wait(&w), deadline, &|| false),
+        Advance::Reached
+    );
+    let new = s.etcd_leader().expect("a new leader");
+    assert_ne!(new, leader);
+    let m = s.observations().metrics;
+    let detected = m["etcd_dead_member_detected_ms"];
+    let elected = m["etcd_leader_election_ms"];
+    // Nobody notices a dead leader before the first election timeout can fire, and a leader is
+    // elected no sooner than the term rose.
+    assert!(detected >= 0.0 && detected <= elected, "{m:?}");
+    let c = s.check(&harness::scenario::Assertion::EtcdQuorum(true));
+    match c {
+        harness::backend::Check::Pass(d) => {
+            assert!(
+                d.contains(&format!("after the leader {leader} was killed")),
+                "{d}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn no_etcd_member_survives_a_dropped_session() {
+    if !have_fl("no_etcd_member_survives") {
+        return;
+    }
+    let logs = tempfile::tempdir().unwrap();
+    let be = LocalBackend::new(&root()).with_logs_root(logs.path());
+    let mut s = etcd_session(&be);
+    let members = s.etcd_members();
+    assert_eq!(members.len(), 3, "{members:?}");
+    let pids: Vec<u32> = members.iter().filter_map(|(_, p)| *p).collect();
+    assert_eq!(pids.len(), 3, "{members:?}");
+    assert!(pids.iter().all(|p| pid_alive(*p)));
+    drop(s);
+    assert_all_gone(&pids, "dropped etcd session");
+}
+
+/// `etcd_member_loss`: the member is killed and its data dir deleted; a restore does not bring
+/// it back (as on the sim), so losing one more member loses quorum.
+const ETCD_MEMBER_LOSS: &str = "name: local-etcd-member-loss
+topology: mlworkbench-kvm
+timeout: 60s
+steps:
+  - wait: { cluster: ready, timeout: 20s }
+  - fault: { etcd_member_loss: talos-k8s-3 }
+  - wait: { duration: 10s }
+  - assert:
+      - etcd.quorum: true
+  - fault: { restore_node: talos-k8s-3 }
+  - fault: { kill_node: talos-k8s-2 }
+  - assert:
+      - etcd.quorum: false
+";
+
+#[test]
+fn local_etcd_member_loss_keeps_the_member_out() {
+    if !have_fl("local_etcd_member_loss") {
+        return;
+    }
+    let logs = tempfile::tempdir().unwrap();
+    let be = LocalBackend::new(&root()).with_logs_root(logs.path());
+    let opts = RunOptions {
+        jobs: 1,
+        timeout_ms: None,
+        artifacts_dir: None,
+        root: root(),
+    };
+    let r = run_cases(
+        &be,
+        &cases_of(ETCD_MEMBER_LOSS),
+        &opts,
+        &Silent,
+        &AtomicBool::new(false),
+    );
+    let case = &r[0];
+    let dump = serde_json::to_string_pretty(case).unwrap();
+    assert_eq!(case.status, Status::Passed, "{dump}");
+    assert!(case.steps[1].detail.contains("data dir deleted"), "{dump}");
+    assert!(case.steps[4].detail.contains("stays out"), "{dump}");
+    assert!(
+        case.steps[6].assertions[0]
+            .detail
+            .contains("1/3 members running"),
+        "{dump}"
+    );
 }
 
 /// A worker cut off by the fault proxy misses the rounds of its partition (the round closes on

@@ -255,3 +255,46 @@ steps:
     let reason = r[0].reason.as_deref().unwrap_or_default();
     assert!(reason.contains("accuracy after round 1 is"), "{reason}");
 }
+
+/// The sim reports the same election metrics as the local backend: with the leader killed,
+/// the time to a higher term and to a new leader; with a follower killed, none, and says so.
+#[test]
+fn sim_times_an_election_only_when_the_leader_dies() {
+    let text = "name: leader-or-not
+topology: tiny
+steps:
+  - wait: { cluster: ready, timeout: 20m }
+  - wait: { duration: 1m }
+  - fault: { kill_node: cp-2 }
+  - wait: { duration: 30s }
+  - assert:
+      - etcd.quorum: true
+matrix:
+  seeds: [1, 2, 3, 4, 5, 6, 7, 8]
+";
+    let r = run(text, None, false);
+    let (mut leaders, mut followers) = (0, 0);
+    for c in &r {
+        assert_eq!(c.status, Status::Passed, "{:#?}", c.steps);
+        let kill = &c.steps[2].detail;
+        let m = &c.metrics;
+        if kill.contains("was the leader") {
+            leaders += 1;
+            let d = m["etcd_dead_member_detected_ms"];
+            let e = m["etcd_leader_election_ms"];
+            // A follower notices after its randomized election timeout, in [1 s, 2 s) of
+            // ticks since the leader's last heartbeat (100 ms before the kill at most).
+            assert!((900.0..2_100.0).contains(&d), "{}: {m:?}", c.name);
+            assert!(d <= e, "{}: {m:?}", c.name);
+        } else {
+            assert!(kill.contains("no election follows"), "{kill}");
+            followers += 1;
+            assert!(!m.contains_key("etcd_leader_election_ms"), "{m:?}");
+            assert!(!m.contains_key("etcd_dead_member_detected_ms"), "{m:?}");
+        }
+    }
+    assert!(
+        leaders > 0 && followers > 0,
+        "{leaders} leader kills, {followers} follower kills"
+    );
+}
