@@ -12,7 +12,8 @@ const USAGE: &str = "usage: cargo xtask setup <what>
          PostgreSQL metadata test) and an S3-compatible server (moto's, from PyPI, in a venv
          under target/tools/s3) for the coordinator's `--store s3://` test
   local  what `cargo xtask e2e --backend local` runs: etcd-server (the etcd members of an etcd
-         topology) and the `fl` binary (`cargo build -p fl-node`, found next to xtask's own
+         topology), postgresql and the S3-compatible server (the coordinator's metadata and
+         model store) and the `fl` binary (`cargo build -p fl-node`, found next to xtask's own
          executable)
 ";
 
@@ -29,10 +30,17 @@ const CI_PACKAGES: &[(&str, &str)] = &[
 
 /// Debian packages of `setup local`. The harness talks to etcd over its HTTP/JSON gateway, so
 /// no `etcd-client` (etcdctl) is needed.
-const LOCAL_PACKAGES: &[(&str, &str)] = &[(
-    "etcd-server",
-    "etcd members for the local backend's etcd topologies",
-)];
+const LOCAL_PACKAGES: &[(&str, &str)] = &[
+    (
+        "etcd-server",
+        "etcd members for the local backend's etcd topologies",
+    ),
+    (
+        "postgresql",
+        "the coordinator's round metadata on the local backend",
+    ),
+    ("python3-venv", "a venv for the S3-compatible server"),
+];
 
 /// The S3-compatible server the `--store s3://` tests start: moto's, pinned, from PyPI.
 const S3_SERVER_PIP: &str = "moto[server]==5.2.5";
@@ -53,6 +61,8 @@ pub fn run(args: Vec<String>) -> Result<()> {
         }
         "local" => {
             install(LOCAL_PACKAGES)?;
+            // The coordinator's model store on the local backend.
+            s3_server()?;
             let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
             let status = Command::new(&cargo)
                 .args(["build", "-p", "fl-node", "--bin", "fl"])
