@@ -19,6 +19,7 @@
 //! width becomes 60 and `fl.start` says so.
 
 pub mod flbin;
+pub mod flower;
 pub mod http;
 pub mod supervisor;
 
@@ -87,6 +88,17 @@ impl LocalBackend {
         self
     }
 
+    /// Where a `system: flower` case logs (None for an `fl` job): see [`flower`].
+    pub fn flower_logs(&self, case: &Case) -> Option<PathBuf> {
+        case.fl
+            .as_ref()
+            .is_some_and(|f| f.system == crate::scenario::FlSystem::Flower)
+            .then(|| {
+                self.logs_root
+                    .join(crate::runner::artifact_dir_name(&case.name))
+            })
+    }
+
     /// What the local backend can do today.
     pub fn caps() -> Capabilities {
         let set = |v: &[&'static str]| v.iter().copied().collect::<BTreeSet<_>>();
@@ -107,7 +119,7 @@ impl LocalBackend {
             ]),
             waits: set(&["duration", "fl.round"]),
             triggers: set(&["time", "after", "fl.round"]),
-            workloads: set(&["fl"]),
+            workloads: set(&["fl", "flower"]),
             virtual_time: false,
             missing_reason: "the local backend runs real `fl` coordinator and worker processes only; \
                              no cluster, etcd or GitOps controller runs on it yet",
@@ -160,6 +172,9 @@ impl Backend for LocalBackend {
     }
 
     fn start(&self, case: &Case) -> Result<Box<dyn Session>, String> {
+        if let Some(logs) = self.flower_logs(case) {
+            return Ok(Box::new(flower::FlowerSession::new(&self.root, &logs, case)?));
+        }
         Ok(Box::new(self.start_local(case)?))
     }
 }
