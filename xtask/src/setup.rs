@@ -197,9 +197,13 @@ fn flower() -> Result<()> {
             .success()
             .then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
     };
-    if venv.join("bin/flower-superlink").exists() && version(&python).as_deref() == Some(FLOWER_VERSION)
+    if venv.join("bin/flower-superlink").exists()
+        && version(&python).as_deref() == Some(FLOWER_VERSION)
     {
-        println!("setup: flwr           installed ({FLOWER_VERSION} in {})", venv.display());
+        println!(
+            "setup: flwr           installed ({FLOWER_VERSION} in {})",
+            venv.display()
+        );
         return Ok(());
     }
     let has_venv = Command::new("python3")
@@ -227,7 +231,11 @@ fn flower() -> Result<()> {
         .args(FLOWER_PIP))?;
     match version(&python) {
         Some(v) if v == FLOWER_VERSION => {
-            println!("setup: installed {} in {}", FLOWER_PIP.join(" "), venv.display());
+            println!(
+                "setup: installed {} in {}",
+                FLOWER_PIP.join(" "),
+                venv.display()
+            );
             Ok(())
         }
         other => bail!(

@@ -209,14 +209,17 @@ pub fn recompute_capture(
         after: (String, Vec<u8>),
         updates: Vec<(String, u64, String, Vec<u8>)>,
     }
-    let mut rounds: Vec<&CapturedRound> = manifest.rounds.iter().filter(|r| r.aggregated()).collect();
+    let mut rounds: Vec<&CapturedRound> =
+        manifest.rounds.iter().filter(|r| r.aggregated()).collect();
     rounds.sort_by_key(|r| r.round);
     let mut loaded = Vec::new();
     for r in rounds {
-        let before = r
-            .global_before
-            .clone()
-            .ok_or_else(|| format!("round {}: the capture has no global model before it", r.round))?;
+        let before = r.global_before.clone().ok_or_else(|| {
+            format!(
+                "round {}: the capture has no global model before it",
+                r.round
+            )
+        })?;
         let after = r.global_after.clone().unwrap_or_default();
         let mut updates = Vec::new();
         for u in &r.updates {
@@ -385,7 +388,8 @@ struct Job {
     run_id: String,
     app: PathBuf,
     started_epoch_ms: u64,
-    superlink_killed: bool,
+    /// Session time when `fl.start` began (`started_epoch_ms` on the session clock).
+    started_session_ms: u64,
 }
 
 /// A case whose FL job is a real Flower deployment.
@@ -668,7 +672,10 @@ impl FlowerSession {
             ("fraction-evaluate".into(), "0.0".into()),
             ("min-train-nodes".into(), min_fit.to_string()),
             ("min-available-nodes".into(), min_fit.to_string()),
-            ("round-timeout".into(), ConfigValue::Float(timeout).to_toml()),
+            (
+                "round-timeout".into(),
+                ConfigValue::Float(timeout).to_toml(),
+            ),
             ("seed".into(), self.seed.to_string()),
             ("local-epochs".into(), w.local_epochs.to_string()),
             (
@@ -713,8 +720,8 @@ impl FlowerSession {
 
     /// Something that stops a wait: the SuperLink died by itself or the ServerApp failed.
     fn crashed(&mut self) -> Option<String> {
-        let job = self.job.as_ref()?;
-        if !job.superlink_killed && !self.sup.is_running("superlink") {
+        self.job.as_ref()?;
+        if !self.sup.is_running("superlink") {
             return Some(format!(
                 "flower-superlink exited by itself (code {:?}):\n{}",
                 self.sup.exit_code("superlink"),
@@ -754,7 +761,9 @@ impl FlowerSession {
         pred: impl Fn(&Manifest) -> bool,
     ) -> Advance {
         if self.job.is_none() {
-            return Advance::Halted("waiting on Flower needs a running job (`fl.start` first)".into());
+            return Advance::Halted(
+                "waiting on Flower needs a running job (`fl.start` first)".into(),
+            );
         }
         let budget = deadline_ms.saturating_sub(self.now_ms());
         for _ in 0..budget / POLL_MS + 2 {
@@ -840,14 +849,24 @@ impl FlowerSession {
         };
         let started = job.started_epoch_ms;
         let Some(m) = self.poll().cloned() else {
-            return Check::Fail(format!("Flower has written no capture yet ({})", self.state_text()));
+            return Check::Fail(format!(
+                "Flower has written no capture yet ({})",
+                self.state_text()
+            ));
         };
-        let find = |n: u32| m.rounds.iter().find(|r| r.round == u64::from(n) && r.aggregated());
+        let find = |n: u32| {
+            m.rounds
+                .iter()
+                .find(|r| r.round == u64::from(n) && r.aggregated())
+        };
         let verdict = Check::verdict;
         match a {
             Assertion::FlRoundCompleted { round, within } => match find(*round) {
                 Some(r) => {
-                    let since = r.aggregated_unix_ms.unwrap_or_default().saturating_sub(started);
+                    let since = r
+                        .aggregated_unix_ms
+                        .unwrap_or_default()
+                        .saturating_sub(started);
                     verdict(
                         within.is_none_or(|w| since <= w.as_ms()),
                         format!(
@@ -1144,7 +1163,10 @@ impl Session for FlowerSession {
                     let pid = self.kill_tree(&supernode_name(i))?;
                     done.push(format!("client-{i} (pid {pid})"));
                 }
-                format!("fl_client_dropout: SIGKILL the SuperNodes of {}", done.join(", "))
+                format!(
+                    "fl_client_dropout: SIGKILL the SuperNodes of {}",
+                    done.join(", ")
+                )
             }
             other => {
                 return Err(format!(
@@ -1166,6 +1188,7 @@ impl Session for FlowerSession {
         }
         let t0 = Instant::now();
         let started_epoch_ms = epoch_ms();
+        let started_session_ms = self.now_ms();
         let w = self.workload.clone();
         let app_rel = w
             .flower
@@ -1227,8 +1250,12 @@ impl Session for FlowerSession {
         let conf = format!(
             "[superlink]\ndefault = \"{CONNECTION}\"\n\n[superlink.{CONNECTION}]\naddress = \"{superlink}\"\ninsecure = true\n"
         );
-        std::fs::write(home.join("config.toml"), conf)
-            .map_err(|e| format!("failed to write the Flower config in {}: {e}", home.display()))?;
+        std::fs::write(home.join("config.toml"), conf).map_err(|e| {
+            format!(
+                "failed to write the Flower config in {}: {e}",
+                home.display()
+            )
+        })?;
         let mut args = vec![
             "run".to_string(),
             app.display().to_string(),
@@ -1236,10 +1263,17 @@ impl Session for FlowerSession {
             "--format".into(),
             "json".into(),
         ];
-        for (k, v) in self.run_config(&capture) {
-            args.push("--run-config".into());
-            args.push(format!("{k}={v}"));
-        }
+        // A TOML file, not `key=value` arguments: flwr splits those at spaces and quotes.
+        let rc_path = self.dir.path().join("run-config.toml");
+        let rc: String = self
+            .run_config(&capture)
+            .into_iter()
+            .map(|(k, v)| format!("{} = {v}\n", ConfigValue::Text(k).to_toml()))
+            .collect();
+        std::fs::write(&rc_path, rc)
+            .map_err(|e| format!("failed to write {}: {e}", rc_path.display()))?;
+        args.push("--run-config".into());
+        args.push(rc_path.display().to_string());
         let mut run_id = None;
         let mut last = String::new();
         for attempt in 1..=RUN_ATTEMPTS {
@@ -1265,7 +1299,7 @@ impl Session for FlowerSession {
             run_id: run_id.clone(),
             app,
             started_epoch_ms,
-            superlink_killed: false,
+            started_session_ms,
         });
         let submitted_ms = t0.elapsed().as_millis() as u64;
         let params = self.declared_params();
@@ -1345,12 +1379,7 @@ impl Session for FlowerSession {
 
     fn observations(&self) -> Observations {
         let start = self.job.as_ref().map_or(0, |j| j.started_epoch_ms);
-        // Session time of a wall-clock instant: the job started at session time `t0`.
-        let t0 = self
-            .markers
-            .iter()
-            .find(|m| m.label.starts_with("fl.start"))
-            .map_or(0, |m| m.at_ms);
+        let t0 = self.job.as_ref().map_or(0, |j| j.started_session_ms);
         let rel = |t: u64| t.saturating_sub(start) + t0;
         let rounds: Vec<RoundReport> = self
             .manifest
@@ -1364,7 +1393,10 @@ impl Session for FlowerSession {
                 latency_ms: latency_ms(r).unwrap_or_default(),
                 clients_aggregated: r.updates.len() as u32,
                 loss: r.evaluation.as_ref().and_then(|e| e.get("loss").copied()),
-                accuracy: r.evaluation.as_ref().and_then(|e| e.get("accuracy").copied()),
+                accuracy: r
+                    .evaluation
+                    .as_ref()
+                    .and_then(|e| e.get("accuracy").copied()),
             })
             .collect();
         let mut metrics = BTreeMap::new();

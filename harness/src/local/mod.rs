@@ -173,7 +173,9 @@ impl Backend for LocalBackend {
 
     fn start(&self, case: &Case) -> Result<Box<dyn Session>, String> {
         if let Some(logs) = self.flower_logs(case) {
-            return Ok(Box::new(flower::FlowerSession::new(&self.root, &logs, case)?));
+            return Ok(Box::new(flower::FlowerSession::new(
+                &self.root, &logs, case,
+            )?));
         }
         Ok(Box::new(self.start_local(case)?))
     }
