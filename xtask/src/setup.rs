@@ -9,8 +9,9 @@ const USAGE: &str = "usage: cargo xtask setup <what>
 
   ci     what the test suite and CI need: chromium (the report.html browser test),
          libxml2-utils (xmllint, the junit.xml schema test), postgresql (the coordinator's
-         PostgreSQL metadata test) and an S3-compatible server (moto's, from PyPI, in a venv
-         under target/tools/s3) for the coordinator's `--store s3://` test
+         PostgreSQL metadata test), an S3-compatible server (moto's, from PyPI, in a venv
+         under target/tools/s3) for the coordinator's `--store s3://` test, and `flower`
+         (below) for the harness's real-Flower tests
   local  what `cargo xtask e2e --backend local` runs: the `fl` binary (`cargo build -p fl-node`,
          found next to xtask's own executable); no etcd or PostgreSQL is used by it yet
   flower a venv under target/tools/flower with pinned flwr and numpy from PyPI (the
@@ -46,7 +47,10 @@ pub fn run(args: Vec<String>) -> Result<()> {
     match what.as_str() {
         "ci" => {
             install(CI_PACKAGES)?;
-            s3_server()
+            s3_server()?;
+            // The harness's Flower tests run a real Flower deployment (they fail under CI
+            // without it).
+            flower()
         }
         "-h" | "--help" => {
             print!("{USAGE}");

@@ -143,6 +143,7 @@ fn a_wrong_flower_strategy_setting_is_caught_by_the_recompute() {
     if !have_flower("a_wrong_flower_strategy_setting_is_caught") {
         return;
     }
+    let _one_at_a_time = crate::support::exclusive();
     let logs = tempfile::tempdir().unwrap();
     let be = LocalBackend::new(&root()).with_logs_root(logs.path());
     let case = run(&be, &cases_of(WRONG_MOMENTUM));
@@ -191,6 +192,7 @@ fn no_flower_process_or_child_outlives_a_dropped_session() {
     if !have_flower("no_flower_process_or_child_outlives_a_dropped_session") {
         return;
     }
+    let _one_at_a_time = crate::support::exclusive();
     let logs = tempfile::tempdir().unwrap();
     let case = cases_of(&WRONG_MOMENTUM.replace("rounds: 2", "rounds: 50")).remove(0);
     let mut s = FlowerSession::new(&root(), logs.path(), &case).unwrap();

@@ -71,6 +71,7 @@ fn local_fedavg_survives_a_coordinator_kill_and_matches_the_offline_recompute() 
     if !have_fl("local_fedavg_survives_a_coordinator_kill") {
         return;
     }
+    let _one_at_a_time = crate::support::exclusive();
     let logs = tempfile::tempdir().unwrap();
     let be = LocalBackend::new(&root()).with_logs_root(logs.path());
     let cases = cases_of(SMALL_FEDAVG);
@@ -153,6 +154,7 @@ fn nothing_is_left_behind_after_a_drop_mid_run_or_a_panic() {
     if !have_fl("nothing_is_left_behind") {
         return;
     }
+    let _one_at_a_time = crate::support::exclusive();
     let logs = tempfile::tempdir().unwrap();
     let be = LocalBackend::new(&root()).with_logs_root(logs.path());
 
