@@ -59,6 +59,8 @@ const DIGITS_FIXTURE: &str = "fixtures/datasets/digits8x8.csv";
 const CONNECTION: &str = "harness";
 /// How often the session reads the capture manifest.
 const POLL_MS: u64 = 200;
+/// How often the session looks in the SuperLink's log for the end of the ServerApp.
+const LOG_CHECK_MS: u64 = 2_000;
 /// How long the SuperLink may take to answer HTTP (Python start-up on a loaded 2-core machine
 /// takes a few seconds).
 const READY_TIMEOUT_MS: u64 = 60_000;
@@ -409,6 +411,7 @@ pub struct FlowerSession {
     manifest: Option<Manifest>,
     /// Recomputed rounds, keyed by the capture's aggregated round count when computed.
     recomputed: Option<(usize, Vec<RoundComparison>)>,
+    last_log_check: Instant,
 }
 
 impl Drop for FlowerSession {
@@ -458,6 +461,7 @@ impl FlowerSession {
             tracks: BTreeMap::new(),
             manifest: None,
             recomputed: None,
+            last_log_check: Instant::now(),
         })
     }
 
@@ -680,7 +684,9 @@ impl FlowerSession {
             ("local-epochs".into(), w.local_epochs.to_string()),
             (
                 "learning-rate".into(),
-                ConfigValue::Float(sim.train.learning_rate as f64).to_toml(),
+                // Through its decimal text: 0.05f32 as f64 would be 0.05000000074505806.
+                ConfigValue::Float(sim.train.learning_rate.to_string().parse().unwrap_or(0.05))
+                    .to_toml(),
             ),
             ("batch-size".into(), sim.train.batch_size.to_string()),
             ("capture-dir".into(), text(&capture.display().to_string())),
@@ -728,11 +734,32 @@ impl FlowerSession {
                 self.sup.log_tail("superlink", 15)
             ));
         }
-        let failed = self
-            .manifest
-            .as_ref()
-            .filter(|m| m.phase == "failed")
-            .map(|m| m.error.clone().unwrap_or_default())?;
+        let failed = match self.manifest.as_ref() {
+            Some(m) if m.phase == "failed" => m.error.clone().unwrap_or_default(),
+            Some(m) if m.finished => return None,
+            // The SuperLink logs `Finished task T of run R` when the ServerApp process ends;
+            // without a finished capture that is a ServerApp that failed before (or without)
+            // writing it. Read at most every few seconds.
+            _ if self.last_log_check.elapsed() >= Duration::from_millis(LOG_CHECK_MS) => {
+                self.last_log_check = Instant::now();
+                let run = format!("of run {}", self.job.as_ref()?.run_id);
+                let log = std::fs::read_to_string(self.sup.log_dir().join("superlink.log"))
+                    .unwrap_or_default();
+                if !log
+                    .lines()
+                    .any(|l| l.contains("Finished task") && l.contains(&run))
+                {
+                    return None;
+                }
+                // The capture may have been finished just now.
+                if self.poll().is_some_and(|m| m.finished) {
+                    return None;
+                }
+                "the ServerApp ended without finishing its capture (capture-dir not honoured?)"
+                    .to_string()
+            }
+            _ => return None,
+        };
         let log = self.serverapp_log();
         let tail: Vec<&str> = log.lines().rev().take(20).collect();
         Some(format!(

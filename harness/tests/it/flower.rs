@@ -223,3 +223,32 @@ fn no_flower_process_or_child_outlives_a_dropped_session() {
     let left: Vec<u32> = all.iter().copied().filter(|p| !gone(*p)).collect();
     assert!(left.is_empty(), "Flower processes left behind: {left:?}");
 }
+
+/// A ServerApp that dies before writing its capture (here: a strategy name Flower does not
+/// have, given to the app through the run config) stops the case with the app's own error
+/// (a wait that ran out would say "condition not reached" instead).
+#[test]
+fn a_flower_serverapp_that_fails_early_stops_the_case_with_its_error() {
+    if !have_flower("a_flower_serverapp_that_fails_early") {
+        return;
+    }
+    let _one_at_a_time = crate::support::exclusive();
+    let logs = tempfile::tempdir().unwrap();
+    let be = LocalBackend::new(&root()).with_logs_root(logs.path());
+    let text = WRONG_MOMENTUM
+        .replace("clients: 3", "clients: 2")
+        .replace("min_fit_clients: 3", "min_fit_clients: 2")
+        .replace(
+            "run_config: { strategy-params: '{\"server_momentum\": 0.9}' }",
+            "run_config: { strategy: fedavgx }",
+        );
+    let case = run(&be, &cases_of(&text));
+    let dump = serde_json::to_string_pretty(&case).unwrap();
+    assert_eq!(case.status, Status::Failed, "{dump}");
+    let reason = case.reason.clone().unwrap_or_default();
+    assert!(
+        reason.contains("ServerApp ended without finishing its capture")
+            && reason.contains("`fedavgx` is not a Flower strategy"),
+        "{dump}"
+    );
+}
