@@ -71,8 +71,10 @@ const RUN_ATTEMPTS: u32 = 4;
 /// The scenario format's `round_timeout` default (10m); Flower's own default is 3600 s
 /// (`Strategy.start(timeout=3600)`, flwr/serverapp/strategy/strategy.py).
 const DEFAULT_ROUND_TIMEOUT_S: f64 = 600.0;
-/// Tolerances of Flower's FedAvg in the golden vectors (`/fixtures/flower` README of the
-/// Flower reference: 1e-6 relative plus 1e-6 x the layer's largest magnitude).
+/// The golden tolerance for Flower's FedAvg (the one `fixtures/flower/golden` is checked
+/// with, from the notes that came with those vectors): 1e-6 relative plus 1e-6 x the layer's
+/// largest magnitude. Flower's own two float32 FedAvg paths differ by up to 1e-5 relative, so
+/// a bit-exact comparison is not the target; it is applied to every strategy.
 const REL_TOL: f64 = 1e-6;
 const LAYER_TOL: f64 = 1e-6;
 
