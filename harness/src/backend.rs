@@ -21,7 +21,7 @@ pub struct Capabilities {
     pub waits: BTreeSet<&'static str>,
     /// Trigger kinds (`time`, `after`, `fl.round`).
     pub triggers: BTreeSet<&'static str>,
-    /// Workload kinds (`fl`, `gitops`, `k8s`).
+    /// Workload kinds (`fl`, `gitops`, `k8s`, `flower`: an FL job with `system: flower`).
     pub workloads: BTreeSet<&'static str>,
     /// Time is virtual (a simulated hour costs milliseconds).
     pub virtual_time: bool,
@@ -93,6 +93,16 @@ impl Capabilities {
             return Some(format!(
                 "the `{backend}` backend cannot run an FL job{}",
                 suffix(self.missing_reason)
+            ));
+        }
+        if case
+            .fl
+            .as_ref()
+            .is_some_and(|f| f.system == crate::scenario::FlSystem::Flower)
+            && !self.workloads.contains("flower")
+        {
+            return Some(format!(
+                "the `{backend}` backend cannot run a real Flower deployment (`system: flower` runs only on `--backend local`, with `cargo xtask setup flower`)"
             ));
         }
         if case.scenario.workload.gitops.is_some() && !self.workloads.contains("gitops") {

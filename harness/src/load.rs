@@ -395,6 +395,38 @@ fn check(file: &str, text: &str, s: &Scenario, catalog: &Catalog) -> Vec<Diagnos
             let (l, c) = find_value(text, &fl.model);
             at(l, c, e);
         }
+        if fl.flower.is_some() && fl.system != crate::scenario::FlSystem::Flower {
+            let (l, c) = key_pos("flower");
+            at(
+                l,
+                c,
+                "`workload.fl.flower` sets a Flower job's options: it needs `workload.fl.system: flower`".into(),
+            );
+        }
+        if fl.system == crate::scenario::FlSystem::Flower {
+            let params: fl_core::strategy::Params = fl
+                .flower
+                .iter()
+                .flat_map(|f| f.strategy_params.iter())
+                .map(|(k, v)| (k.clone(), v.to_text()))
+                .collect();
+            if let Err(e) = fl_core::strategy::build_strategy(
+                fl.strategy.as_str(),
+                &params,
+                fl_core::strategy::Limits::default(),
+                0,
+            ) {
+                let (l, c) = key_pos("strategy_params");
+                at(
+                    l,
+                    c,
+                    format!(
+                        "`workload.fl.flower.strategy_params` for `{}`: {e}",
+                        fl.strategy.as_str()
+                    ),
+                );
+            }
+        }
     }
     if s.steps.is_empty() {
         let (l, c) = key_pos("steps");

@@ -107,6 +107,93 @@ pub struct FlWorkload {
     /// Krum / MultiKrum / Bulyan: number of Byzantine clients tolerated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub byzantine_tolerance: Option<u32>,
+    /// Which FL system runs the job: `fl` (this workspace's coordinator and workers, default)
+    /// or `flower` (a real Flower SuperLink and SuperNodes; `local` backend only).
+    #[serde(default, skip_serializing_if = "FlSystem::is_default")]
+    pub system: FlSystem,
+    /// Options of a `system: flower` job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flower: Option<FlowerOptions>,
+}
+
+/// The FL system a job runs on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum FlSystem {
+    /// `fl coordinator` + `fl worker` (fl-node), or the simulator's model of them.
+    #[default]
+    Fl,
+    /// A real Flower deployment (`flower-superlink`, `flower-supernode`, `flwr run`).
+    Flower,
+}
+
+impl FlSystem {
+    pub fn is_default(&self) -> bool {
+        *self == FlSystem::Fl
+    }
+}
+
+/// A `system: flower` job: which Flower App runs and how its strategy is set.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FlowerOptions {
+    /// The Flower App directory (its `pyproject.toml`), relative to the workspace root
+    /// (default `fixtures/flower`). Its ServerApp must write the capture described in
+    /// `fixtures/flower/README.md`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
+    /// The strategy's parameters, by Flower's names (e.g. `server_momentum: 0.9`): given to
+    /// Flower's strategy and to fl-core's recompute alike.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub strategy_params: BTreeMap<String, ConfigValue>,
+    /// Extra `flwr run --run-config` keys, passed as they are after the ones the harness sets
+    /// (they win): the app's own settings, or a deliberately different strategy setting.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub run_config: BTreeMap<String, ConfigValue>,
+}
+
+/// A scalar configuration value (TOML/JSON: bool, integer, float or string).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum ConfigValue {
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Text(String),
+}
+
+impl ConfigValue {
+    /// As TOML (what `flwr run --run-config` parses).
+    pub fn to_toml(&self) -> String {
+        match self {
+            ConfigValue::Bool(b) => b.to_string(),
+            ConfigValue::Int(i) => i.to_string(),
+            ConfigValue::Float(f) if f.is_finite() && f.fract() == 0.0 => format!("{f:.1}"),
+            ConfigValue::Float(f) => format!("{f:?}"),
+            ConfigValue::Text(t) => serde_json::to_string(t).unwrap_or_default(),
+        }
+    }
+
+    /// As plain text (fl-core's `--param KEY=VALUE`).
+    pub fn to_text(&self) -> String {
+        match self {
+            ConfigValue::Bool(b) => b.to_string(),
+            ConfigValue::Int(i) => i.to_string(),
+            ConfigValue::Float(f) => format!("{f:?}"),
+            ConfigValue::Text(t) => t.clone(),
+        }
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            ConfigValue::Bool(b) => (*b).into(),
+            ConfigValue::Int(i) => (*i).into(),
+            ConfigValue::Float(f) => serde_json::Number::from_f64(*f)
+                .map(serde_json::Value::Number)
+                .unwrap_or(serde_json::Value::Null),
+            ConfigValue::Text(t) => t.clone().into(),
+        }
+    }
 }
 
 fn default_model() -> String {

@@ -141,6 +141,17 @@ pub fn check_names(
 
 fn step_nodes(st: &Step) -> Vec<String> {
     let mut out = Vec::new();
+    // An FL worker is named by its client (`client-N`) on the local backend, not by a node of
+    // the topology; the backend checks N against the job's clients.
+    if let Some(Fault::KillProcess { node, process } | Fault::RestoreProcess { node, process }) =
+        &st.fault
+        && *process == crate::scenario::Process::FlWorker
+        && node
+            .strip_prefix("client-")
+            .is_some_and(|i| i.parse::<u32>().is_ok())
+    {
+        return out;
+    }
     if let Some(
         Fault::KillNode(n)
         | Fault::RestoreNode(n)

@@ -9,12 +9,16 @@ const USAGE: &str = "usage: cargo xtask setup <what>
 
   ci     what the test suite and CI need: chromium (the report.html browser test),
          libxml2-utils (xmllint, the junit.xml schema test), postgresql (the coordinator's
-         PostgreSQL metadata test) and an S3-compatible server (moto's, from PyPI, in a venv
-         under target/tools/s3) for the coordinator's `--store s3://` test
+         PostgreSQL metadata test), an S3-compatible server (moto's, from PyPI, in a venv
+         under target/tools/s3) for the coordinator's `--store s3://` test, and `flower`
+         (below) for the harness's real-Flower tests
   local  what `cargo xtask e2e --backend local` runs: etcd-server (the etcd members of an etcd
          topology), postgresql and the S3-compatible server (the coordinator's metadata and
          model store) and the `fl` binary (`cargo build -p fl-node`, found next to xtask's own
          executable)
+  flower a venv under target/tools/flower with pinned flwr and numpy from PyPI (the
+         SuperLink, SuperNodes and `flwr` CLI that `system: flower` scenarios run on the
+         local backend); Debian's python3-venv if `python3 -m venv` is missing
 ";
 
 /// Debian packages per target.
@@ -42,6 +46,12 @@ const LOCAL_PACKAGES: &[(&str, &str)] = &[
     ("python3-venv", "a venv for the S3-compatible server"),
 ];
 
+/// What `system: flower` runs, pinned (flwr 1.42.0 is the version measured and tested here;
+/// numpy 2.4.6 is what flwr 1.42.0 resolved to on PyPI when it was pinned).
+const FLOWER_PIP: &[&str] = &["flwr==1.42.0", "numpy==2.4.6"];
+/// The flwr version `FLOWER_PIP` installs, checked on every run.
+const FLOWER_VERSION: &str = "1.42.0";
+
 /// The S3-compatible server the `--store s3://` tests start: moto's, pinned, from PyPI.
 const S3_SERVER_PIP: &str = "moto[server]==5.2.5";
 
@@ -53,7 +63,10 @@ pub fn run(args: Vec<String>) -> Result<()> {
     match what.as_str() {
         "ci" => {
             install(CI_PACKAGES)?;
-            s3_server()
+            s3_server()?;
+            // The harness's Flower tests run a real Flower deployment (they fail under CI
+            // without it).
+            flower()
         }
         "-h" | "--help" => {
             print!("{USAGE}");
@@ -73,12 +86,13 @@ pub fn run(args: Vec<String>) -> Result<()> {
             }
             Ok(())
         }
-        "flower" | "containers" | "kvm" => bail!(
+        "flower" => flower(),
+        "containers" | "kvm" => bail!(
             "`cargo xtask setup {what}`: no backend that needs it is built yet (only `sim`, which needs nothing, and `local`)"
         ),
         other => {
             eprint!("{USAGE}");
-            bail!("unknown setup target `{other}` (expected `ci` or `local`)")
+            bail!("unknown setup target `{other}` (expected `ci`, `local` or `flower`)")
         }
     }
 }
@@ -189,4 +203,68 @@ fn s3_server() -> Result<()> {
     }
     println!("setup: installed {S3_SERVER_PIP} in {}", venv.display());
     Ok(())
+}
+
+/// A venv under `target/tools/flower` with [`FLOWER_PIP`]; idempotent (a venv whose flwr
+/// reports [`FLOWER_VERSION`] is left alone).
+fn flower() -> Result<()> {
+    let venv = crate::workspace_root().join("target/tools/flower");
+    let python = venv.join("bin/python");
+    let version = |py: &std::path::Path| -> Option<String> {
+        let o = Command::new(py)
+            .args(["-c", "import flwr, numpy; print(flwr.__version__)"])
+            .env("FLWR_TELEMETRY_ENABLED", "0")
+            .output()
+            .ok()?;
+        o.status
+            .success()
+            .then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    if venv.join("bin/flower-superlink").exists()
+        && version(&python).as_deref() == Some(FLOWER_VERSION)
+    {
+        println!(
+            "setup: flwr           installed ({FLOWER_VERSION} in {})",
+            venv.display()
+        );
+        return Ok(());
+    }
+    let has_venv = Command::new("python3")
+        .args(["-c", "import venv, ensurepip"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_venv {
+        install(&[("python3-venv", "a venv for flwr (python3 -m venv)")])?;
+    }
+    let run = |cmd: &mut Command| -> Result<()> {
+        println!("setup: {cmd:?}");
+        let status = cmd
+            .status()
+            .with_context(|| format!("failed to run {cmd:?}"))?;
+        if !status.success() {
+            bail!("{cmd:?} failed with {status}");
+        }
+        Ok(())
+    };
+    if !python.exists() {
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    }
+    run(Command::new(venv.join("bin/pip"))
+        .args(["install", "-q"])
+        .args(FLOWER_PIP))?;
+    match version(&python) {
+        Some(v) if v == FLOWER_VERSION => {
+            println!(
+                "setup: installed {} in {}",
+                FLOWER_PIP.join(" "),
+                venv.display()
+            );
+            Ok(())
+        }
+        other => bail!(
+            "pip installed {} in {} but `import flwr` reports {other:?}, not {FLOWER_VERSION}",
+            FLOWER_PIP.join(" "),
+            venv.display()
+        ),
+    }
 }

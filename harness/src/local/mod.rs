@@ -22,6 +22,7 @@
 
 pub mod etcd;
 pub mod flbin;
+pub mod flower;
 pub mod host;
 pub mod http;
 pub mod proxy;
@@ -116,6 +117,17 @@ impl LocalBackend {
         self
     }
 
+    /// Where a `system: flower` case logs (None for an `fl` job): see [`flower`].
+    pub fn flower_logs(&self, case: &Case) -> Option<PathBuf> {
+        case.fl
+            .as_ref()
+            .is_some_and(|f| f.system == crate::scenario::FlSystem::Flower)
+            .then(|| {
+                self.logs_root
+                    .join(crate::runner::artifact_dir_name(&case.name))
+            })
+    }
+
     /// What the local backend can do today.
     pub fn caps() -> Capabilities {
         let set = |v: &[&'static str]| v.iter().copied().collect::<BTreeSet<_>>();
@@ -145,7 +157,7 @@ impl LocalBackend {
             ]),
             waits: set(&["duration", "cluster", "node", "fl.round"]),
             triggers: set(&["time", "after", "fl.round"]),
-            workloads: set(&["fl"]),
+            workloads: set(&["fl", "flower"]),
             virtual_time: false,
             missing_reason: "the local backend runs real `fl` coordinator and worker processes and \
                              the etcd members of control-plane nodes; no kubelet, Kubernetes \
@@ -233,6 +245,11 @@ impl Backend for LocalBackend {
     }
 
     fn start(&self, case: &Case) -> Result<Box<dyn Session>, String> {
+        if let Some(logs) = self.flower_logs(case) {
+            return Ok(Box::new(flower::FlowerSession::new(
+                &self.root, &logs, case,
+            )?));
+        }
         Ok(Box::new(self.start_local(case)?))
     }
 }

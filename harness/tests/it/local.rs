@@ -77,6 +77,7 @@ fn local_fedavg_survives_a_coordinator_kill_and_matches_the_offline_recompute() 
     if !have_fl("local_fedavg_survives_a_coordinator_kill") {
         return;
     }
+    let _one_at_a_time = crate::support::exclusive();
     let logs = tempfile::tempdir().unwrap();
     let be = LocalBackend::new(&root()).with_logs_root(logs.path());
     let cases = cases_of(SMALL_FEDAVG);
@@ -195,6 +196,7 @@ fn nothing_is_left_behind_after_a_drop_mid_run_or_a_panic() {
     if !have_fl("nothing_is_left_behind") {
         return;
     }
+    let _one_at_a_time = crate::support::exclusive();
     let logs = tempfile::tempdir().unwrap();
     let be = LocalBackend::new(&root()).with_logs_root(logs.path());
 
@@ -237,6 +239,7 @@ steps:
 #[test]
 fn local_etcd_keeps_quorum_with_one_member_killed_loses_it_with_two_and_a_restored_member_rejoins()
 {
+    let _one_at_a_time = crate::support::exclusive();
     if !have_fl("local_etcd_quorum") {
         return;
     }
@@ -303,6 +306,7 @@ fn etcd_session(be: &LocalBackend) -> harness::local::LocalSession {
 
 #[test]
 fn local_etcd_leader_kill_yields_the_election_metrics() {
+    let _one_at_a_time = crate::support::exclusive();
     if !have_fl("local_etcd_leader_kill") {
         return;
     }
@@ -378,6 +382,7 @@ fn local_etcd_leader_kill_yields_the_election_metrics() {
 
 #[test]
 fn no_etcd_member_survives_a_dropped_session() {
+    let _one_at_a_time = crate::support::exclusive();
     if !have_fl("no_etcd_member_survives") {
         return;
     }
@@ -412,6 +417,7 @@ steps:
 
 #[test]
 fn local_etcd_member_loss_keeps_the_member_out() {
+    let _one_at_a_time = crate::support::exclusive();
     if !have_fl("local_etcd_member_loss") {
         return;
     }
@@ -468,6 +474,7 @@ steps:
 
 #[test]
 fn a_partitioned_worker_misses_rounds_and_the_rounds_live_in_postgres_and_s3() {
+    let _one_at_a_time = crate::support::exclusive();
     if !have_fl("a_partitioned_worker_misses_rounds") {
         return;
     }
@@ -583,6 +590,7 @@ fn run_one(text: &str) -> (harness::outcome::CaseReport, tempfile::TempDir) {
 
 #[test]
 fn a_full_store_refuses_uploads_and_loses_nothing_accepted() {
+    let _one_at_a_time = crate::support::exclusive();
     if !have_fl("a_full_store_refuses_uploads") {
         return;
     }
@@ -610,6 +618,7 @@ fn a_full_store_refuses_uploads_and_loses_nothing_accepted() {
 
 #[test]
 fn a_coordinator_clock_jump_fires_its_round_timer() {
+    let _one_at_a_time = crate::support::exclusive();
     if !have_fl("a_coordinator_clock_jump") {
         return;
     }

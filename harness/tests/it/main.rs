@@ -5,6 +5,7 @@
 mod baseline;
 mod browser;
 mod errors;
+mod flower;
 mod junit;
 mod local;
 mod runner;

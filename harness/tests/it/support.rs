@@ -155,3 +155,12 @@ pub fn sample_run() -> RunReport {
         comparison: None,
     }
 }
+
+/// Serialises the tests that start many real processes (the `local` backend's `fl` processes,
+/// a Flower deployment): on 2 cores a dozen Python processes starting at once starve a
+/// loopback FL round far past its time budget. Poison-tolerant: one failed test does not fail
+/// the others.
+pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
