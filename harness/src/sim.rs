@@ -1173,7 +1173,7 @@ fn assertion_holds(w: &World, a: &Assertion) -> bool {
 }
 
 /// The simulator's FL configuration for a scenario's `workload.fl`.
-fn fl_config(w: &FlWorkload) -> Result<FlConfig, String> {
+pub(crate) fn fl_config(w: &FlWorkload) -> Result<FlConfig, String> {
     use crate::model::ModelSpec;
     let mut cfg = FlConfig::default();
     let (inputs, hidden, classes) = match ModelSpec::parse(&w.model)? {
@@ -1256,6 +1256,7 @@ fn round_report(r: &RoundStats) -> RoundReport {
         clients_aggregated: r.accepted as u32,
         loss: r.central_loss,
         accuracy: r.central_accuracy,
+        global_digest: r.aggregated.then(|| r.global_digest.clone()),
     }
 }
 
