@@ -250,18 +250,16 @@ impl DataPlan {
                     .collect()
             }
             Source::Table { data, partition } => {
-                let (train, test) = data.split(
-                    self.test_fraction,
-                    &mut rng(self.seed, TABLE_TEST_STREAM),
-                )?;
+                let (train, test) =
+                    data.split(self.test_fraction, &mut rng(self.seed, TABLE_TEST_STREAM))?;
                 let shards = self.partition(&train, *partition)?;
                 let n = self.num_clients;
                 Ok(shards
                     .iter()
                     .enumerate()
                     .map(|(k, shard)| {
-                        let slice: Vec<usize> = (k * test.len() / n..(k + 1) * test.len() / n)
-                            .collect();
+                        let slice: Vec<usize> =
+                            (k * test.len() / n..(k + 1) * test.len() / n).collect();
                         ClientData {
                             train: train.subset(shard),
                             test: test.subset(&slice),
@@ -293,11 +291,8 @@ impl DataPlan {
         self.check()?;
         let test = match &self.source {
             Source::Table { data, .. } => {
-                data.split(
-                    self.test_fraction,
-                    &mut rng(self.seed, TABLE_TEST_STREAM),
-                )?
-                .1
+                data.split(self.test_fraction, &mut rng(self.seed, TABLE_TEST_STREAM))?
+                    .1
             }
             Source::Synthetic(_) => {
                 let tests: Vec<Dataset> = self.clients()?.into_iter().map(|c| c.test).collect();
@@ -385,7 +380,9 @@ mod tests {
 
     #[test]
     fn synthetic_specs_round_trip_and_bad_ones_name_the_part() {
-        let s = Synthetic::parse("synthetic:0.5,0.5,20,100").unwrap().unwrap();
+        let s = Synthetic::parse("synthetic:0.5,0.5,20,100")
+            .unwrap()
+            .unwrap();
         assert_eq!((s.num_features, s.max_examples_per_client), (20, 100));
         assert_eq!(Synthetic::parse(&s.to_string()).unwrap().unwrap(), s);
         let paper = Synthetic::parse("synthetic:1,2").unwrap().unwrap();

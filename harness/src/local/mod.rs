@@ -839,7 +839,9 @@ fn coordinator_flags(w: &FlWorkload, p: &Plan, seed: u64) -> Vec<String> {
         "--min-fit-results".into(),
         r.min_fit_results.to_string(),
         "--round-timeout-ms".into(),
-        r.fit_timeout_ms.unwrap_or(DEFAULT_ROUND_TIMEOUT_MS).to_string(),
+        r.fit_timeout_ms
+            .unwrap_or(DEFAULT_ROUND_TIMEOUT_MS)
+            .to_string(),
         "--eval-data".into(),
         p.dataset.clone(),
         "--eval-max-examples".into(),
