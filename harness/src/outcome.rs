@@ -200,9 +200,7 @@ pub struct RoundReport {
     pub loss: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accuracy: Option<f64>,
-    /// The round's global model digest (sha256 of fl-core's canonical encoding, hex), as the
-    /// round machine recorded it; the same on `sim` and `local` for the same case when no
-    /// round timeout fired. None when the round did not aggregate.
+    /// The round's global model digest (sha256 hex of the fl-core canonical encoding): the same on sim and local for the same case when no round timeout fired; absent when the round did not aggregate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub global_digest: Option<String>,
 }

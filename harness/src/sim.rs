@@ -1217,6 +1217,17 @@ pub(crate) fn fl_config(w: &FlWorkload) -> Result<FlConfig, String> {
         cfg.strategy_params
             .insert("num_malicious_clients".to_string(), f.to_string());
     }
+    if let Some(mu) = w.proximal_mu {
+        if w.strategy.as_str() != "fedprox" {
+            return Err(format!(
+                "workload.fl.proximal_mu {mu}: only the fedprox strategy has a proximal term (strategy is {})",
+                w.strategy.as_str()
+            ));
+        }
+        // FedProx's parameter; the clients train with it (fl_core::job::client_proximal_mu).
+        cfg.strategy_params
+            .insert("proximal_mu".to_string(), mu.to_string());
+    }
     Ok(cfg)
 }
 

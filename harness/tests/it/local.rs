@@ -45,7 +45,8 @@ fn cases_of(text: &str) -> Vec<Case> {
     expand(&root.join("scenarios/local-t.yaml"), Arc::new(sc), &[])
 }
 
-/// Three clients, three rounds of softmax on the 8x8 digits: a few seconds on loopback.
+/// Three clients, three rounds of softmax on FedProx Synthetic with 64 features: a few seconds
+/// on loopback.
 const SMALL_FEDAVG: &str = "name: local-small-fedavg
 topology: mlworkbench-kvm
 timeout: 60s
@@ -238,7 +239,10 @@ fn the_same_case_gives_the_same_global_digest_every_round_on_sim_and_local() {
         );
     let fedprox = PARITY_FEDAVG
         .replace("local-parity-fedavg", "local-parity-fedprox")
-        .replace("strategy: fedavg,", "strategy: fedprox, local_epochs: 2,");
+        .replace(
+            "strategy: fedavg,",
+            "strategy: fedprox, proximal_mu: 0.1, local_epochs: 2,",
+        );
     for text in [PARITY_FEDAVG.to_string(), krum, fedprox] {
         let (sim, local) = digests_on_both(&text);
         eprintln!(

@@ -303,3 +303,37 @@ fn the_job_is_the_one_fl_core_derives_for_the_real_processes() {
             .to_hex()
     );
 }
+
+/// Why `benches/fl_sim` waits for all its clients: a job starts when the coordinator's node is
+/// Ready, and with Flower's default `min_available_clients` (2) it samples only the clients
+/// registered by then (nodes boot at different times); rounds last milliseconds of virtual
+/// time, so a whole short job can run on a fraction of its clients. Waiting for all of them
+/// (as the scenarios do: `min_fit_clients` defaults to all) trains every client every round.
+#[test]
+fn a_job_that_waits_for_two_clients_starts_on_the_first_ready_nodes_only() {
+    let run_with = |seed: u64, min_available: usize| {
+        let mut cfg = FlConfig {
+            clients: 30,
+            num_features: 10,
+            ..FlConfig::default()
+        };
+        cfg.round.num_rounds = 3;
+        cfg.round.min_available_clients = min_available;
+        cfg.round.min_fit_clients = min_available;
+        let (mut sim, id) = world(seed, cfg);
+        sim.run_until(10 * MIN);
+        let fl = sim.model::<FlModel>(id).unwrap();
+        assert!(fl.is_finished(), "seed {seed}: {:?}", fl.rounds());
+        fl.rounds().iter().map(|r| r.selected).collect::<Vec<_>>()
+    };
+    let mut short = 0;
+    for seed in 1..=6 {
+        let all = run_with(seed, 30);
+        assert_eq!(all, vec![30, 30, 30], "seed {seed}");
+        let early = run_with(seed, 2);
+        if early[0] < 30 {
+            short += 1;
+        }
+    }
+    assert!(short > 0, "every seed had all 30 clients registered at round 1");
+}
