@@ -335,5 +335,8 @@ fn a_job_that_waits_for_two_clients_starts_on_the_first_ready_nodes_only() {
             short += 1;
         }
     }
-    assert!(short > 0, "every seed had all 30 clients registered at round 1");
+    assert!(
+        short > 0,
+        "every seed had all 30 clients registered at round 1"
+    );
 }
