@@ -107,6 +107,9 @@ pub struct FlWorkload {
     /// Krum / MultiKrum / Bulyan: number of Byzantine clients tolerated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub byzantine_tolerance: Option<u32>,
+    /// FedProx: the proximal term weight mu the clients train with (Flower's `proximal_mu`; default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proximal_mu: Option<f64>,
     /// Which FL system runs the job: `fl` (this workspace's coordinator and workers, default)
     /// or `flower` (a real Flower SuperLink and SuperNodes; `local` backend only).
     #[serde(default, skip_serializing_if = "FlSystem::is_default")]

@@ -1312,7 +1312,7 @@ fn assertion_holds(w: &World, a: &Assertion) -> bool {
 }
 
 /// The simulator's FL configuration for a scenario's `workload.fl`.
-fn fl_config(w: &FlWorkload) -> Result<FlConfig, String> {
+pub(crate) fn fl_config(w: &FlWorkload) -> Result<FlConfig, String> {
     use crate::model::ModelSpec;
     let mut cfg = FlConfig::default();
     let (inputs, hidden, classes) = match ModelSpec::parse(&w.model)? {
@@ -1355,6 +1355,17 @@ fn fl_config(w: &FlWorkload) -> Result<FlConfig, String> {
     if let Some(f) = w.byzantine_tolerance {
         cfg.strategy_params
             .insert("num_malicious_clients".to_string(), f.to_string());
+    }
+    if let Some(mu) = w.proximal_mu {
+        if w.strategy.as_str() != "fedprox" {
+            return Err(format!(
+                "workload.fl.proximal_mu {mu}: only the fedprox strategy has a proximal term (strategy is {})",
+                w.strategy.as_str()
+            ));
+        }
+        // FedProx's parameter; the clients train with it (fl_core::job::client_proximal_mu).
+        cfg.strategy_params
+            .insert("proximal_mu".to_string(), mu.to_string());
     }
     Ok(cfg)
 }

@@ -4,6 +4,7 @@
 
 pub mod data;
 pub mod error;
+pub mod job;
 pub mod model;
 pub mod round;
 pub mod safetensors;

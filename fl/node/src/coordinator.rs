@@ -31,7 +31,6 @@ use fl_core::strategy::{Collector, Limits, Params, Update, build_strategy};
 use fl_core::train::{Architecture, Trainer};
 use fl_core::{FlError, Metrics as FlMetrics, ModelView};
 use http_body_util::BodyExt;
-use rand::SeedableRng;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
@@ -109,9 +108,12 @@ pub struct Args {
     pub accept_failures: bool,
     #[arg(long, default_value_t = 1)]
     pub min_fit_results: usize,
-    /// Held-out data for centralised evaluation: digits=PATH, synthetic[:A,B].
+    /// Held-out data for centralised evaluation: digits=PATH, synthetic[:A,B[,FEATURES[,MAX]]].
     #[arg(long)]
     pub eval_data: Option<String>,
+    /// At most this many rows of the held-out data, evenly spaced over it (default: all).
+    #[arg(long)]
+    pub eval_max_examples: Option<usize>,
     /// Number of clients the synthetic data is generated for (must match the workers').
     #[arg(long, default_value_t = 10)]
     pub data_clients: usize,
@@ -126,8 +128,10 @@ pub struct Args {
     pub batch_size: usize,
     #[arg(long, default_value_t = 0.1)]
     pub learning_rate: f32,
-    #[arg(long, default_value_t = 0.0)]
-    pub proximal_mu: f32,
+    /// The proximal term the workers are told to use (default: FedProx's `proximal_mu`
+    /// strategy parameter, which Flower's FedProx sends to its clients; 0 for other strategies).
+    #[arg(long)]
+    pub proximal_mu: Option<f32>,
     /// API-key file: `<key> <client-id|admin>` per line.
     #[arg(long)]
     pub api_keys: Option<PathBuf>,
@@ -176,10 +180,9 @@ struct StoredConfig<'a> {
     seed: u64,
 }
 
-/// The DP noise seed of `round` (also written by `fl export-round`).
-pub fn round_seed(seed: u64, round: u64) -> u64 {
-    seed ^ round.wrapping_mul(0x9E37_79B9_7F4A_7C15)
-}
+/// The DP noise seed of `round` (also written by `fl export-round`): fl-core's, which the
+/// simulator's aggregation uses too.
+pub use fl_core::job::strategy_seed as round_seed;
 
 struct Core {
     machine: Coordinator,
@@ -308,7 +311,7 @@ async fn start(args: &Args) -> Result<(Arc<App>, tokio::net::TcpListener)> {
                 test_fraction: args.test_fraction,
                 seed: args.data_seed,
             };
-            Some(spec.test_set()?)
+            Some(spec.test_set(args.eval_max_examples)?)
         }
         None => None,
     };
@@ -333,8 +336,8 @@ async fn start(args: &Args) -> Result<(Arc<App>, tokio::net::TcpListener)> {
             (Coordinator::restore(round_cfg, state)?, Event::Restart)
         }
         None => {
-            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(args.seed);
-            let model = modelio::from_params(arch, &arch.init(&mut rng))?;
+            // The initial model the simulator starts the same job from (fl_core::job).
+            let model = modelio::from_params(arch, &fl_core::job::initial_params(arch, args.seed))?;
             let digest = model.digest().to_hex();
             let bytes = model.to_safetensors();
             blobs.write_durable(&blobs.model_path(&digest), &bytes)?;
@@ -354,6 +357,11 @@ async fn start(args: &Args) -> Result<(Arc<App>, tokio::net::TcpListener)> {
             )
         }
     };
+    let proximal_mu = match args.proximal_mu {
+        Some(mu) => mu,
+        None => fl_core::job::client_proximal_mu(&args.strategy, &strategy_params)
+            .with_context(|| format!("--strategy {}", args.strategy))?,
+    };
     let app = Arc::new(App {
         core: Mutex::new(Core { machine }),
         blobs,
@@ -369,7 +377,7 @@ async fn start(args: &Args) -> Result<(Arc<App>, tokio::net::TcpListener)> {
             epochs: args.epochs,
             batch_size: args.batch_size,
             learning_rate: args.learning_rate,
-            proximal_mu: args.proximal_mu,
+            proximal_mu,
         },
         eval,
         max_update_bytes: args.max_update_bytes,

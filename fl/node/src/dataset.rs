@@ -1,35 +1,26 @@
-//! Which data a worker trains on and the coordinator evaluates on, from one spec string, so
-//! both sides derive the same split from the same seed.
+//! Which data a worker trains on and the coordinator evaluates on, from one spec string. The
+//! derivation itself (streams, splits, partitions) is fl-core's [`fl_core::job::DataPlan`], the
+//! one the simulator uses too; this module only parses the flags and reads the files.
 //!
 //! - `digits=PATH`: the 8x8 handwritten digits CSV (`fixtures/datasets/digits8x8.csv`); a
 //!   held-out test part (`test_fraction`) for the coordinator, the rest split among
 //!   `num_clients` workers IID or by a Dirichlet(alpha) label partition.
-//! - `synthetic` or `synthetic:ALPHA,BETA`: FedProx's Synthetic(alpha, beta) (default 1,1), one
-//!   dataset per client; each client keeps `1 - test_fraction` for training and the
-//!   coordinator's test set is all clients' held-out parts.
+//! - `synthetic`, `synthetic:ALPHA,BETA[,FEATURES[,MAX_EXAMPLES_PER_CLIENT]]`: FedProx's
+//!   Synthetic(alpha, beta) (default 1,1; 60 features and at most 1000 examples per client as
+//!   in the paper unless given), one dataset per client; each client keeps `1 - test_fraction`
+//!   for training and its held-out part for federated evaluation, and the coordinator's test
+//!   set is all clients' held-out parts.
 
-use anyhow::{Context, Result, bail};
-use fl_core::data::{
-    Dataset, SyntheticConfig, dirichlet_partition, fedprox_synthetic, parse_digits_csv,
-};
-use rand::SeedableRng;
-use rand::seq::SliceRandom;
-use rand_chacha::ChaCha8Rng;
+use anyhow::{Context, Result, anyhow, bail};
+use fl_core::data::{Dataset, parse_digits_csv};
+use fl_core::job::{ClientData, DataPlan, Synthetic};
 
-/// Fewest examples a Dirichlet partition gives each client (FedLab / Flower-datasets'
-/// `DirichletPartitioner` default `min_partition_size=10`).
-const DIRICHLET_MIN_EXAMPLES: usize = 10;
+pub use fl_core::job::Partition;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Source {
     Digits(std::path::PathBuf),
-    Synthetic { alpha: f64, beta: f64 },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Partition {
-    Iid,
-    Dirichlet(f64),
+    Synthetic(Synthetic),
 }
 
 #[derive(Debug, Clone)]
@@ -45,26 +36,12 @@ pub fn parse_source(s: &str) -> Result<Source> {
     if let Some(p) = s.strip_prefix("digits=") {
         return Ok(Source::Digits(p.into()));
     }
-    if s == "synthetic" {
-        return Ok(Source::Synthetic {
-            alpha: 1.0,
-            beta: 1.0,
-        });
+    match Synthetic::parse(s) {
+        Some(r) => r.map(Source::Synthetic).map_err(|e| anyhow!(e)),
+        None => bail!(
+            "dataset `{s}`: expected digits=PATH, synthetic or synthetic:ALPHA,BETA[,FEATURES[,MAX_EXAMPLES_PER_CLIENT]]"
+        ),
     }
-    if let Some(ab) = s.strip_prefix("synthetic:") {
-        let (a, b) = ab
-            .split_once(',')
-            .with_context(|| format!("dataset `{s}`: expected synthetic:ALPHA,BETA"))?;
-        let num = |v: &str| {
-            v.parse::<f64>()
-                .with_context(|| format!("dataset `{s}`: `{v}` is not a number"))
-        };
-        return Ok(Source::Synthetic {
-            alpha: num(a)?,
-            beta: num(b)?,
-        });
-    }
-    bail!("dataset `{s}`: expected digits=PATH, synthetic or synthetic:ALPHA,BETA")
 }
 
 pub fn parse_partition(s: &str) -> Result<Partition> {
@@ -81,90 +58,36 @@ pub fn parse_partition(s: &str) -> Result<Partition> {
 }
 
 impl Spec {
-    fn rng(&self, stream: u64) -> ChaCha8Rng {
-        let mut r = ChaCha8Rng::seed_from_u64(self.seed);
-        r.set_stream(stream);
-        r
-    }
-
-    /// Client `index`'s training data.
-    pub fn client_train(&self, index: usize) -> Result<Dataset> {
-        if index >= self.num_clients {
-            bail!(
-                "client index {index} is not below the number of clients {}",
-                self.num_clients
-            );
-        }
-        match &self.source {
-            Source::Digits(_) => {
-                let (train, _) = self.digits_split()?;
-                let shards = self.partition(&train)?;
-                Ok(train.subset(&shards[index]))
+    fn plan(&self) -> Result<DataPlan> {
+        let source = match &self.source {
+            Source::Synthetic(s) => fl_core::job::Source::Synthetic(*s),
+            Source::Digits(path) => {
+                let bytes = std::fs::read(path)
+                    .with_context(|| format!("reading digits dataset {}", path.display()))?;
+                // The parser scales the pixels to [0, 1] already.
+                let data: Dataset = parse_digits_csv(&bytes)
+                    .with_context(|| format!("parsing {}", path.display()))?;
+                fl_core::job::Source::Table {
+                    data,
+                    partition: self.partition,
+                }
             }
-            Source::Synthetic { .. } => Ok(self.synthetic_split()?.swap_remove(index).0),
-        }
-    }
-
-    /// The coordinator's held-out test set.
-    pub fn test_set(&self) -> Result<Dataset> {
-        match &self.source {
-            Source::Digits(_) => Ok(self.digits_split()?.1),
-            Source::Synthetic { .. } => {
-                let tests: Vec<Dataset> = self
-                    .synthetic_split()?
-                    .into_iter()
-                    .map(|(_, t)| t)
-                    .collect();
-                Ok(Dataset::concat(&tests)?)
-            }
-        }
-    }
-
-    fn digits_split(&self) -> Result<(Dataset, Dataset)> {
-        let Source::Digits(path) = &self.source else {
-            unreachable!("digits_split on another source")
         };
-        let bytes = std::fs::read(path)
-            .with_context(|| format!("reading digits dataset {}", path.display()))?;
-        // The parser scales the pixels to [0, 1] already.
-        let all =
-            parse_digits_csv(&bytes).with_context(|| format!("parsing {}", path.display()))?;
-        Ok(all.split(self.test_fraction, &mut self.rng(1))?)
-    }
-
-    fn partition(&self, train: &Dataset) -> Result<Vec<Vec<usize>>> {
-        match self.partition {
-            Partition::Iid => {
-                let mut idx: Vec<usize> = (0..train.len()).collect();
-                idx.shuffle(&mut self.rng(2));
-                let n = self.num_clients;
-                Ok((0..n)
-                    .map(|i| idx[i * idx.len() / n..(i + 1) * idx.len() / n].to_vec())
-                    .collect())
-            }
-            Partition::Dirichlet(alpha) => Ok(dirichlet_partition(
-                train,
-                self.num_clients,
-                alpha,
-                DIRICHLET_MIN_EXAMPLES,
-                &mut self.rng(2),
-            )?),
-        }
-    }
-
-    fn synthetic_split(&self) -> Result<Vec<(Dataset, Dataset)>> {
-        let Source::Synthetic { alpha, beta } = self.source else {
-            unreachable!("synthetic_split on another source")
-        };
-        let cfg = SyntheticConfig {
+        Ok(DataPlan {
+            source,
             num_clients: self.num_clients,
-            ..SyntheticConfig::paper(alpha, beta)
-        };
-        let parts = fedprox_synthetic(&cfg, &mut self.rng(3))?;
-        parts
-            .iter()
-            .enumerate()
-            .map(|(i, d)| Ok(d.split(self.test_fraction, &mut self.rng(100 + i as u64))?))
-            .collect()
+            test_fraction: self.test_fraction,
+            seed: self.seed,
+        })
+    }
+
+    /// Client `index`'s training data and its federated-evaluation data.
+    pub fn client(&self, index: usize) -> Result<ClientData> {
+        Ok(self.plan()?.client(index)?)
+    }
+
+    /// The coordinator's held-out test set, at most `cap` rows evenly spaced over it.
+    pub fn test_set(&self, cap: Option<usize>) -> Result<Dataset> {
+        Ok(self.plan()?.central_test(cap)?)
     }
 }

@@ -111,6 +111,8 @@ mod tests {
             let m = from_params(arch, &p).unwrap();
             assert_eq!(arch_of(&m.view()).unwrap(), arch);
             assert_eq!(to_params(arch, &m.view()).unwrap(), p);
+            // The same digest as the simulator's model of these parameters.
+            assert_eq!(m.digest(), arch.to_model(&p).unwrap().digest());
         }
         assert!(parse_arch("cnn-1-2").is_err());
         assert!(

@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use fl_core::ModelView;
 use fl_core::train::{TrainConfig, Trainer};
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::api::*;
@@ -43,7 +43,7 @@ pub struct Args {
     pub client_cert: Option<PathBuf>,
     #[arg(long)]
     pub client_key: Option<PathBuf>,
-    /// digits=PATH, synthetic or synthetic:ALPHA,BETA.
+    /// digits=PATH, synthetic or synthetic:ALPHA,BETA[,FEATURES[,MAX_EXAMPLES_PER_CLIENT]].
     #[arg(long)]
     pub dataset: String,
     /// iid or dirichlet=ALPHA (digits only; synthetic data is non-IID by construction).
@@ -57,7 +57,7 @@ pub struct Args {
     pub test_fraction: f64,
     #[arg(long, default_value_t = 0)]
     pub data_seed: u64,
-    /// Seed of the local shuffles (combined with the round).
+    /// Seed of the local shuffles (the stream of (seed, client index, round), fl_core::job).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Override the coordinator's local-training settings.
@@ -156,7 +156,8 @@ struct Worker {
     http: reqwest::Client,
     base: String,
     auth: Option<(&'static str, String)>,
-    data: fl_core::data::Dataset,
+    /// The client's training data and its held-out part (federated evaluation).
+    data: fl_core::job::ClientData,
     byzantine: Byzantine,
     deadline: Instant,
 }
@@ -200,7 +201,7 @@ impl Worker {
             test_fraction: args.test_fraction,
             seed: args.data_seed,
         };
-        let data = spec.client_train(args.client_index)?;
+        let data = spec.client(args.client_index)?;
         if !(0.0..=1.0).contains(&args.work_fraction) {
             bail!("--work-fraction {} is not in [0, 1]", args.work_fraction);
         }
@@ -275,7 +276,7 @@ impl Worker {
             .await?
             .json()
             .await?;
-        tracing::info!(client = %self.id, round = reg.round, examples = self.data.len(), "registered");
+        tracing::info!(client = %self.id, round = reg.round, examples = self.data.train.len(), "registered");
         let mut done_fit: Option<u64> = None;
         let mut done_eval: Option<u64> = None;
         let task_url = format!("{}/api/v1/fl/task", self.base);
@@ -351,17 +352,16 @@ impl Worker {
             proximal_mu: self.args.proximal_mu.unwrap_or(fc.proximal_mu),
             work_fraction: self.args.work_fraction,
         };
-        let mut rng =
-            ChaCha8Rng::seed_from_u64(self.args.seed ^ (self.args.client_index as u64) << 32);
-        rng.set_stream(task.round);
-        let report = Trainer::new(arch).train(&mut w, &self.data, &cfg, &mut rng)?;
+        // The stream the simulator trains this client with in this round (fl_core::job).
+        let mut rng = fl_core::job::train_rng(self.args.seed, self.args.client_index, task.round);
+        let report = Trainer::new(arch).train(&mut w, &self.data.train, &cfg, &mut rng)?;
         poison(self.byzantine, &g, &mut w, &mut rng);
         let body: Vec<u8> = modelio::from_params(arch, &w)?.to_safetensors();
         if self.args.straggle_ms > 0 {
             tokio::time::sleep(Duration::from_millis(self.args.straggle_ms)).await;
         }
         let metrics = serde_json::json!({ "train_loss": report.train_loss }).to_string();
-        let n = self.data.len().to_string();
+        let n = report.num_examples.to_string();
         let round = task.round.to_string();
         let url = format!("{}/api/v1/fl/upload_update", self.base);
         let r = self
@@ -398,7 +398,7 @@ impl Worker {
         let global = ModelView::from_safetensors_labeled(&bytes, "global model")?;
         let arch = modelio::arch_of(&global)?;
         let p = modelio::to_params(arch, &global)?;
-        let e = Trainer::new(arch).evaluate(&p, &self.data)?;
+        let e = Trainer::new(arch).evaluate(&p, &self.data.test)?;
         let url = format!("{}/api/v1/fl/evaluate", self.base);
         let req = EvaluateRequest {
             client_id: self.id.clone(),

@@ -15,10 +15,10 @@
 //! clients, rounds, strategy (+ `byzantine_tolerance` as `num_malicious_clients`),
 //! `min_fit_clients` (also the clients a round waits for, as in the sim), `round_timeout`,
 //! `local_epochs`, learning rate and batch size, the seed (model init, data split, training).
-//! Data: a model with 64 inputs trains on the 8x8 digits fixture (`dirichlet_alpha` becomes a
-//! Dirichlet label split); any other model on `fl`'s FedProx Synthetic(alpha, beta) with
-//! alpha = beta = `dirichlet_alpha` (as the sim), which has 60 features, so the model's input
-//! width becomes 60 and `fl.start` says so.
+//! Data: `fl`'s FedProx Synthetic(alpha, beta) with alpha = beta = `dirichlet_alpha` and the
+//! model's own input width (`synthetic:A,B,FEATURES,MAX`), as the sim; with the sim's seeds and
+//! round settings (`plan`), so a case gives the same per-round global digests on both backends
+//! when no round timeout fires.
 
 pub mod etcd;
 pub mod flbin;
@@ -37,6 +37,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use fl_core::job;
 use fl_core::round::{FitOutcome, RoundRecord};
 
 use crate::backend::{
@@ -44,7 +45,6 @@ use crate::backend::{
     check_fl_accuracy, check_fl_round_latency, percentile,
 };
 use crate::load::Case;
-use crate::model::ModelSpec;
 use crate::outcome::{Marker, RoundReport, Timeline, Track};
 use crate::scenario::{
     Assertion, ByzantineAttack, CLIENTS_GROUP, COORDINATOR_GROUP, ClientSet, Collect, Fault,
@@ -80,12 +80,6 @@ fn duty(factor: f64) -> (u64, u64) {
 }
 /// The admin API key the session reads the coordinator with.
 const ADMIN_KEY: &str = "harness-admin-key";
-/// The digits fixture: 64 features, 10 classes.
-const DIGITS_FIXTURE: &str = "fixtures/datasets/digits8x8.csv";
-const DIGITS_FEATURES: u32 = 64;
-/// `fl`'s FedProx Synthetic data (the paper's setting): 60 features, 10 classes.
-const SYNTHETIC_FEATURES: u32 = 60;
-const DATA_CLASSES: u32 = 10;
 
 /// Real `fl` processes on 127.0.0.1.
 pub struct LocalBackend {
@@ -303,6 +297,7 @@ impl Straggler {
 /// A case running on real processes.
 pub struct LocalSession {
     fl: FlBinary,
+    /// The workspace root (the S3 server venv under target/tools).
     root: PathBuf,
     workload: Option<FlWorkload>,
     seed: u64,
@@ -1062,60 +1057,76 @@ fn reached(v: &RoundsView, want: u64, phase: RoundPhase) -> bool {
     v.round > want || (v.round == want && rank(&v.phase) >= need)
 }
 
-/// The binaries' flags for a scenario's FL workload.
+/// The binaries' flags for a scenario's FL workload: the simulator's configuration of the
+/// same workload (`crate::sim::fl_config`), so both backends run the same job. Data, initial
+/// model, client ids, training streams and DP seeds are then derived by `fl_core::job` on both
+/// sides; with no round timeout firing, the per-round global digests are identical.
 struct Plan {
-    model: String,
+    /// The sim's `FlConfig` for this workload: rounds, selection, timeouts, local training,
+    /// data (FedProx Synthetic with the model's own input width) and strategy parameters.
+    sim: simulator::fl::FlConfig,
+    /// `--dataset` / `--eval-data`: `synthetic:ALPHA,BETA,FEATURES,MAX_EXAMPLES_PER_CLIENT`.
     dataset: String,
-    partition: String,
-    note: Option<String>,
 }
 
-fn plan(root: &Path, w: &FlWorkload) -> Result<Plan, String> {
-    let spec = ModelSpec::parse(&w.model)?;
-    let (inputs, hidden, classes) = match spec {
-        ModelSpec::Softmax { inputs, classes } => (inputs, None, classes),
-        ModelSpec::Mlp {
-            inputs,
-            hidden,
-            classes,
-        } => (inputs, Some(hidden), classes),
-    };
-    if classes != DATA_CLASSES {
-        return Err(format!(
-            "model `{}`: the `fl` binary's datasets (8x8 digits, FedProx Synthetic) have {DATA_CLASSES} classes, not {classes}",
-            w.model
-        ));
+fn plan(w: &FlWorkload) -> Result<Plan, String> {
+    let sim = crate::sim::fl_config(w)?;
+    let dataset = sim.synthetic().to_string();
+    Ok(Plan { sim, dataset })
+}
+
+/// The coordinator's flags for `plan` (listen address, data dir and keys aside).
+fn coordinator_flags(w: &FlWorkload, p: &Plan, seed: u64) -> Vec<String> {
+    let c = &p.sim;
+    let r = &c.round;
+    let mut out: Vec<String> = vec![
+        "--strategy".into(),
+        c.strategy.clone(),
+        "--model".into(),
+        w.model.clone(),
+        "--seed".into(),
+        seed.to_string(),
+        "--rounds".into(),
+        r.num_rounds.to_string(),
+        "--fraction-fit".into(),
+        r.fraction_fit.to_string(),
+        "--min-fit-clients".into(),
+        r.min_fit_clients.to_string(),
+        "--min-available-clients".into(),
+        r.min_available_clients.to_string(),
+        "--fraction-evaluate".into(),
+        r.fraction_evaluate.to_string(),
+        "--min-evaluate-clients".into(),
+        r.min_evaluate_clients.to_string(),
+        "--accept-failures".into(),
+        r.accept_failures.to_string(),
+        "--min-fit-results".into(),
+        r.min_fit_results.to_string(),
+        "--round-timeout-ms".into(),
+        r.fit_timeout_ms
+            .unwrap_or(DEFAULT_ROUND_TIMEOUT_MS)
+            .to_string(),
+        "--eval-data".into(),
+        p.dataset.clone(),
+        "--eval-max-examples".into(),
+        c.central_test_examples.to_string(),
+        "--data-clients".into(),
+        c.clients.to_string(),
+        "--data-seed".into(),
+        seed.to_string(),
+        "--test-fraction".into(),
+        c.test_fraction.to_string(),
+        "--epochs".into(),
+        c.train.epochs.to_string(),
+        "--learning-rate".into(),
+        c.train.learning_rate.to_string(),
+        "--batch-size".into(),
+        c.train.batch_size.to_string(),
+    ];
+    for (k, v) in &c.strategy_params {
+        out.extend(["--strategy-param".to_string(), format!("{k}={v}")]);
     }
-    let model_with = |i: u32| match hidden {
-        None => format!("softmax-{i}-{classes}"),
-        Some(h) => format!("mlp-{i}-{h}-{classes}"),
-    };
-    let sim = simulator::fl::FlConfig::default();
-    if inputs == DIGITS_FEATURES {
-        return Ok(Plan {
-            model: w.model.clone(),
-            dataset: format!("digits={}", root.join(DIGITS_FIXTURE).display()),
-            partition: w
-                .dirichlet_alpha
-                .map_or("iid".into(), |a| format!("dirichlet={a}")),
-            note: None,
-        });
-    }
-    let alpha = w.dirichlet_alpha.unwrap_or(sim.alpha);
-    let beta = w.dirichlet_alpha.unwrap_or(sim.beta);
-    let model = model_with(SYNTHETIC_FEATURES);
-    let note = (inputs != SYNTHETIC_FEATURES).then(|| {
-        format!(
-            "model `{}` trained as `{model}`: `fl`'s FedProx Synthetic data has {SYNTHETIC_FEATURES} features",
-            w.model
-        )
-    });
-    Ok(Plan {
-        model,
-        dataset: format!("synthetic:{alpha},{beta}"),
-        partition: "iid".into(),
-        note,
-    })
+    out
 }
 
 impl Session for LocalSession {
@@ -1302,65 +1313,29 @@ impl Session for LocalSession {
             .workload
             .clone()
             .ok_or("`fl.start` needs a `workload.fl` in the scenario")?;
-        let p = plan(&self.root, &w)?;
-        let sim = simulator::fl::FlConfig::default();
+        let p = plan(&w)?;
         let port = supervisor::free_port()
             .map_err(|e| format!("failed to find a free port on 127.0.0.1: {e}"))?;
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let dir = self.dir.path().to_path_buf();
         let mut keys = format!("{ADMIN_KEY} admin\n");
         for i in 0..w.clients {
-            keys.push_str(&format!("key-{i} client-{i}\n"));
+            keys.push_str(&format!("key-{i} {}\n", job::client_id(i as usize)));
         }
         let keys_path = dir.join("api-keys");
         std::fs::write(&keys_path, keys)
             .map_err(|e| format!("failed to write {}: {e}", keys_path.display()))?;
-        let min_fit = w.min_fit_clients.unwrap_or(w.clients).max(1);
-        let timeout_ms = w
-            .round_timeout
-            .map(|d| d.as_ms())
-            .unwrap_or(DEFAULT_ROUND_TIMEOUT_MS);
         let seed = self.seed.to_string();
-        let mut coord: Vec<String> = [
-            "coordinator",
-            "--listen",
-            &addr.to_string(),
-            "--data-dir",
-            &dir.join("coordinator").display().to_string(),
-            "--api-keys",
-            &keys_path.display().to_string(),
-            "--strategy",
-            w.strategy.as_str(),
-            "--model",
-            &p.model,
-            "--seed",
-            &seed,
-            "--rounds",
-            &w.rounds.to_string(),
-            "--min-fit-clients",
-            &min_fit.to_string(),
-            "--min-available-clients",
-            &min_fit.to_string(),
-            "--round-timeout-ms",
-            &timeout_ms.to_string(),
-            "--eval-data",
-            &p.dataset,
-            "--data-clients",
-            &w.clients.to_string(),
-            "--data-seed",
-            &seed,
-            "--test-fraction",
-            &sim.test_fraction.to_string(),
-            "--epochs",
-            &w.local_epochs.to_string(),
-            "--learning-rate",
-            &sim.train.learning_rate.to_string(),
-            "--batch-size",
-            &sim.train.batch_size.to_string(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let mut coord: Vec<String> = vec![
+            "coordinator".into(),
+            "--listen".into(),
+            addr.to_string(),
+            "--data-dir".into(),
+            dir.join("coordinator").display().to_string(),
+            "--api-keys".into(),
+            keys_path.display().to_string(),
+        ];
+        coord.extend(coordinator_flags(&w, &p, self.seed));
         let stack_t0 = Instant::now();
         let svc =
             services::Services::start(self.need, &mut self.sup, self.dir.path(), &self.root, "fl")?;
@@ -1369,12 +1344,6 @@ impl Session for LocalSession {
             let c = host::ClockDriver::start(&dir.join("coordinator.clock"))?;
             coord.extend(["--clock-file".to_string(), c.path().display().to_string()]);
             self.clock = Some(c);
-        }
-        if let Some(f) = w.byzantine_tolerance {
-            coord.extend([
-                "--strategy-param".to_string(),
-                format!("num_malicious_clients={f}"),
-            ]);
         }
         // Every worker reaches the coordinator through its own fault proxy (`partition`, `link`).
         for i in 0..w.clients {
@@ -1392,19 +1361,17 @@ impl Session for LocalSession {
                     "--coordinator",
                     &urls[i as usize],
                     "--client-id",
-                    &format!("client-{i}"),
+                    &job::client_id(i as usize).0,
                     "--api-key",
                     &format!("key-{i}"),
                     "--dataset",
                     &p.dataset,
-                    "--partition",
-                    &p.partition,
                     "--num-clients",
                     &w.clients.to_string(),
                     "--client-index",
                     &i.to_string(),
                     "--test-fraction",
-                    &sim.test_fraction.to_string(),
+                    &p.sim.test_fraction.to_string(),
                     "--data-seed",
                     &seed,
                     "--seed",
@@ -1435,13 +1402,12 @@ impl Session for LocalSession {
         }
         self.stack_up_ms = Some(stack_t0.elapsed().as_millis() as u64);
         Ok(format!(
-            "FL job started on real processes: fl coordinator on {addr} + {} fl workers (each through its own fault proxy), {} rounds, strategy {}, model {}, data {}{}; {svc_notes} (up in {svc_ms} ms); fl binary {} ({}); logs in {}",
+            "FL job started on real processes: fl coordinator on {addr} + {} fl workers (each through its own fault proxy), {} rounds, strategy {}, model {}, data {}; {svc_notes} (up in {svc_ms} ms); fl binary {} ({}); logs in {}",
             w.clients,
             w.rounds,
             w.strategy.as_str(),
-            p.model,
+            w.model,
             p.dataset,
-            p.note.map(|n| format!(" ({n})")).unwrap_or_default(),
             self.fl.path.display(),
             self.fl.how,
             self.sup.log_dir().display()

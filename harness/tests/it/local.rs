@@ -550,7 +550,8 @@ steps:
 /// The coordinator's clock jumps an hour ahead during a round: its 10-minute round timer fires
 /// at once instead of after 10 minutes. client-2's link is slowed to 1 s each way first, so it
 /// registers (the round waits for all three) but cannot have uploaded when it is killed at the
-/// start of the fit: the round then waits on it, until the jump.
+/// start of the fit: the round then waits on it, until the jump. Federated evaluation then
+/// waits on it again (it is still registered), until a second jump.
 const CLOCK_SKEW: &str = "name: local-clock-skew
 topology: mlworkbench-kvm
 timeout: 90s
@@ -563,6 +564,8 @@ steps:
     fault: { kill_process: { node: client-2, process: fl-worker } }
   - at: { after: 1s }
     fault: { clock_skew: { node: coordinator, offset: 1h } }
+  - at: { fl.round: 1, phase: evaluate, timeout: 20s }
+    fault: { clock_skew: { node: coordinator, offset: 2h } }
   - wait: { fl.round: 1, timeout: 20s }
   - assert:
       - fl.clients_aggregated: { round: 1, at_least: 2, at_most: 2 }
@@ -629,4 +632,89 @@ fn a_coordinator_clock_jump_fires_its_round_timer() {
     let r1 = case.rounds.iter().find(|r| r.round == 1).expect("round 1");
     assert_eq!(r1.clients_aggregated, 2, "{dump}");
     assert!(case.wall_ms < 90_000, "{dump}");
+}
+
+/// Five clients, three rounds, no fault: the accepted set of every round is all five clients
+/// whatever the timing (no round timeout fires), so both backends must aggregate the same
+/// updates into the same bits.
+const PARITY_FEDAVG: &str = "name: local-parity-fedavg
+topology: mlworkbench-kvm
+timeout: 120s
+workload:
+  fl: { clients: 5, rounds: 3, strategy: fedavg, model: softmax-20-10 }
+steps:
+  - wait: { duration: 15m }
+  - fl.start: {}
+  - wait: { fl.round: 3, timeout: 100s }
+  - assert:
+      - fl.round_completed: { round: 3 }
+      - fl.clients_aggregated: { round: 3, at_least: 5 }
+";
+
+/// The per-round global digests of one case on the sim and on the local backend.
+fn digests_on_both(text: &str) -> (Vec<Option<String>>, Vec<Option<String>>) {
+    let opts = RunOptions {
+        jobs: 1,
+        timeout_ms: None,
+        artifacts_dir: None,
+        root: root(),
+    };
+    let run = |be: &dyn harness::backend::Backend| {
+        let r = run_cases(be, &cases_of(text), &opts, &Silent, &AtomicBool::new(false));
+        let case = &r[0];
+        let dump = serde_json::to_string_pretty(case).unwrap();
+        assert_eq!(
+            case.status,
+            Status::Passed,
+            "{} on {}: {dump}",
+            case.name,
+            be.name()
+        );
+        assert_eq!(case.rounds.len(), 3, "{dump}");
+        let d: Vec<Option<String>> = case
+            .rounds
+            .iter()
+            .map(|r| r.global_digest.clone())
+            .collect();
+        assert!(
+            d.iter().all(Option::is_some),
+            "a round without a digest: {dump}"
+        );
+        d
+    };
+    let sim = run(&harness::sim::SimBackend::new(&root()));
+    let logs = tempfile::tempdir().unwrap();
+    let local = run(&LocalBackend::new(&root()).with_logs_root(logs.path()));
+    (sim, local)
+}
+
+#[test]
+fn the_same_case_gives_the_same_global_digest_every_round_on_sim_and_local() {
+    if !have_fl("the_same_case_gives_the_same_global_digest") {
+        return;
+    }
+    let _one_at_a_time = crate::support::exclusive();
+    let krum = PARITY_FEDAVG
+        .replace("local-parity-fedavg", "local-parity-krum")
+        .replace(
+            "strategy: fedavg,",
+            "strategy: krum, byzantine_tolerance: 1,",
+        );
+    let fedprox = PARITY_FEDAVG
+        .replace("local-parity-fedavg", "local-parity-fedprox")
+        .replace(
+            "strategy: fedavg,",
+            "strategy: fedprox, proximal_mu: 0.1, local_epochs: 2,",
+        );
+    for text in [PARITY_FEDAVG.to_string(), krum, fedprox] {
+        let (sim, local) = digests_on_both(&text);
+        eprintln!(
+            "{}: sim {sim:?}\n local {local:?}",
+            text.lines().next().unwrap()
+        );
+        assert_eq!(sim, local, "per-round global digests differ:\n{text}");
+        // The rounds did something: three distinct models.
+        assert_ne!(sim[0], sim[1]);
+        assert_ne!(sim[1], sim[2]);
+    }
 }

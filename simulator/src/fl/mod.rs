@@ -22,7 +22,8 @@ pub mod oracle;
 use std::any::Any;
 use std::collections::{BTreeMap, BTreeSet};
 
-use fl_core::data::{Dataset, SyntheticConfig, fedprox_synthetic};
+use fl_core::data::Dataset;
+use fl_core::job::{self, ClientData, DataPlan, Source, Synthetic};
 use fl_core::model::Model as FlTensors;
 use fl_core::round::{
     Action, ClientId, Coordinator, CoordinatorState, Event, Metrics, RoundConfig, RoundRecord,
@@ -141,6 +142,16 @@ impl Default for FlConfig {
 }
 
 impl FlConfig {
+    /// The job's data as `fl`'s `--dataset` / `--eval-data` spec describes it.
+    pub fn synthetic(&self) -> Synthetic {
+        Synthetic {
+            alpha: self.alpha,
+            beta: self.beta,
+            num_features: self.num_features,
+            max_examples_per_client: self.max_examples_per_client,
+        }
+    }
+
     pub fn architecture(&self) -> Architecture {
         match self.hidden {
             None => Architecture::Softmax {
@@ -157,7 +168,11 @@ impl FlConfig {
 }
 
 /// FedProx Synthetic's class count (10 in the paper).
-const SYNTH_CLASSES: usize = 10;
+const SYNTH_CLASSES: usize = job::SYNTHETIC_CLASSES;
+
+/// The sim's own stream for workload faults (straggler and slow-link draws), apart from every
+/// stream of [`fl_core::job`] (those are below `2^41`).
+const FAULT_STREAM: u64 = 3 << 40;
 
 /// Per-round results for reports.
 #[derive(Debug, Clone, PartialEq)]
@@ -311,29 +326,30 @@ impl FlModel {
         let mut round = cfg.round.clone();
         round.seed = seed;
         round.validate().map_err(|e| format!("fl: {e}"))?;
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let synth = SyntheticConfig {
-            alpha: cfg.alpha,
-            beta: cfg.beta,
+        // Data, initial model, client ids: the derivations `fl coordinator` and `fl worker`
+        // use too (fl_core::job), so the same seed gives the same global models on both.
+        let plan = DataPlan {
+            source: Source::Synthetic(cfg.synthetic()),
             num_clients: cfg.clients,
-            num_features: cfg.num_features,
-            num_classes: SYNTH_CLASSES,
-            max_examples_per_client: cfg.max_examples_per_client,
+            test_fraction: cfg.test_fraction,
+            seed,
         };
-        let datasets = fedprox_synthetic(&synth, &mut rng).map_err(|e| format!("fl: {e}"))?;
+        let datasets = plan.clients().map_err(|e| format!("fl: {e}"))?;
         let arch = cfg.architecture();
         let per_node = cfg.clients.div_ceil(node_names.len());
+        // Workload faults (which clients straggle or sit behind a slow link) are the
+        // simulator's own: a stream apart from everything the job derives.
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        rng.set_stream(FAULT_STREAM);
         let mut clients = Vec::with_capacity(cfg.clients);
         let mut vals = Vec::new();
         for (k, d) in datasets.into_iter().enumerate() {
-            let (train, val) = d
-                .split(cfg.test_fraction, &mut rng)
-                .map_err(|e| format!("fl: {e}"))?;
+            let ClientData { train, test: val } = d;
             let node = node_names[k % node_names.len()].clone();
             let f = &cfg.faults;
             vals.push(val.clone());
             clients.push(Client {
-                id: ClientId(format!("client-{k:05}")),
+                id: job::client_id(k),
                 node,
                 train,
                 val,
@@ -352,14 +368,9 @@ impl FlModel {
                 incarnation: 0,
             });
         }
-        let mut test = Dataset::concat(&vals).map_err(|e| format!("fl: {e}"))?;
-        if test.len() > cfg.central_test_examples {
-            // Evenly spaced over the concatenation, so every client's held-out data is
-            // represented (the first `cap` rows would be the first clients' only).
-            let (len, cap) = (test.len(), cfg.central_test_examples);
-            test = test.subset(&(0..cap).map(|i| i * len / cap).collect::<Vec<_>>());
-        }
-        let init = arch.init(&mut rng);
+        let test = job::central_test_of(&vals, Some(cfg.central_test_examples))
+            .map_err(|e| format!("fl: {e}"))?;
+        let init = job::initial_params(arch, seed);
         let digest = arch
             .to_model(&init)
             .map_err(|e| format!("fl: {e}"))?
@@ -373,6 +384,11 @@ impl FlModel {
         let coordinator = Coordinator::new(round.clone()).map_err(|e| format!("fl: {e}"))?;
         let mut cfg = cfg;
         cfg.round = round;
+        // FedProx sends its proximal_mu to the clients (as `fl coordinator` does).
+        if cfg.strategy == "fedprox" {
+            cfg.train.proximal_mu = job::client_proximal_mu(&cfg.strategy, &cfg.strategy_params)
+                .map_err(|e| format!("fl: {e}"))?;
+        }
         Ok(Self {
             arch,
             trainer: Trainer::new(arch),
@@ -652,9 +668,9 @@ impl FlModel {
             cfg.work_fraction = c.straggler_work_fraction;
             slowdown = c.straggler_slowdown;
         }
-        // Training randomness keyed by (seed, client, round): independent of event order.
-        let mut rng = ChaCha8Rng::seed_from_u64(self.cfg.round.seed);
-        rng.set_stream(((k as u64) << 24) | round);
+        // Training randomness keyed by (seed, client, round): independent of event order, and
+        // the stream `fl worker` trains with.
+        let mut rng = job::train_rng(self.cfg.round.seed, k, round);
         let mut params = global.clone();
         let report = match self.trainer.train(&mut params, &c.train, &cfg, &mut rng) {
             Ok(r) => r,
@@ -717,6 +733,7 @@ impl FlModel {
                         u.client.0.clone(),
                         arch.to_model(params).expect("layout"),
                         *n,
+                        u.metrics.clone(),
                     ));
                     flat.push((params.as_slice(), *n));
                 }
@@ -748,12 +765,15 @@ impl FlModel {
                 &self.cfg.strategy,
                 &self.cfg.strategy_params,
                 Limits::default(),
-                self.cfg.round.seed ^ round,
+                job::strategy_seed(self.cfg.round.seed, round),
             )?;
             s.load_state(&self.strategy_state.view())?;
             s.begin(round, Some(base_model.view()))?;
-            for (client, m, n) in &models {
-                s.fold(Update::new(client.clone(), round, m.view(), *n))?;
+            // As `fl coordinator` folds them: with the client's fit metrics.
+            for (client, m, n, metrics) in &models {
+                s.fold(
+                    Update::new(client.clone(), round, m.view(), *n).with_metrics(metrics.clone()),
+                )?;
             }
             let (model, metrics) = s.finish()?;
             Ok::<_, fl_core::FlError>((model, metrics, s.state()))

@@ -259,3 +259,84 @@ fn r_central_test_set_covers_every_client() {
         "{covered_clients} of 200 clients represented"
     );
 }
+
+/// The simulator's job starts from exactly what `fl worker --dataset synthetic:... --client-index
+/// k` and `fl coordinator --seed --eval-data` derive (both call fl_core::job): client k's
+/// training and held-out data, the coordinator's test set, the initial model and the client ids.
+#[test]
+fn the_job_is_the_one_fl_core_derives_for_the_real_processes() {
+    let cfg = FlConfig {
+        clients: 7,
+        num_features: 20,
+        ..FlConfig::default()
+    };
+    let nodes: Vec<String> = ["n1", "n2", "n3"].map(String::from).to_vec();
+    let seed = 42;
+    let fl = FlModel::new(cfg.clone(), &nodes, seed).unwrap();
+    // The plan `fl worker` builds from its flags (the local backend passes this very spec).
+    let spec = cfg.synthetic().to_string();
+    assert_eq!(spec, "synthetic:0.5,0.5,20,100");
+    let plan = DataPlan {
+        source: Source::Synthetic(Synthetic::parse(&spec).unwrap().unwrap()),
+        num_clients: 7,
+        test_fraction: cfg.test_fraction,
+        seed,
+    };
+    for (k, c) in fl.clients.iter().enumerate() {
+        let want = plan.client(k).unwrap();
+        assert_eq!(c.id, job::client_id(k));
+        assert_eq!(c.train, want.train, "client {k}'s training data");
+        assert_eq!(c.val, want.test, "client {k}'s held-out data");
+    }
+    assert_eq!(
+        fl.test,
+        plan.central_test(Some(cfg.central_test_examples)).unwrap()
+    );
+    let init = job::initial_params(cfg.architecture(), seed);
+    assert_eq!(fl.global_params(), init.as_slice());
+    assert_eq!(
+        fl.global_digest,
+        cfg.architecture()
+            .to_model(&init)
+            .unwrap()
+            .digest()
+            .to_hex()
+    );
+}
+
+/// Why `benches/fl_sim` waits for all its clients: a job starts when the coordinator's node is
+/// Ready, and with Flower's default `min_available_clients` (2) it samples only the clients
+/// registered by then (nodes boot at different times); rounds last milliseconds of virtual
+/// time, so a whole short job can run on a fraction of its clients. Waiting for all of them
+/// (as the scenarios do: `min_fit_clients` defaults to all) trains every client every round.
+#[test]
+fn a_job_that_waits_for_two_clients_starts_on_the_first_ready_nodes_only() {
+    let run_with = |seed: u64, min_available: usize| {
+        let mut cfg = FlConfig {
+            clients: 30,
+            num_features: 10,
+            ..FlConfig::default()
+        };
+        cfg.round.num_rounds = 3;
+        cfg.round.min_available_clients = min_available;
+        cfg.round.min_fit_clients = min_available;
+        let (mut sim, id) = world(seed, cfg);
+        sim.run_until(10 * MIN);
+        let fl = sim.model::<FlModel>(id).unwrap();
+        assert!(fl.is_finished(), "seed {seed}: {:?}", fl.rounds());
+        fl.rounds().iter().map(|r| r.selected).collect::<Vec<_>>()
+    };
+    let mut short = 0;
+    for seed in 1..=6 {
+        let all = run_with(seed, 30);
+        assert_eq!(all, vec![30, 30, 30], "seed {seed}");
+        let early = run_with(seed, 2);
+        if early[0] < 30 {
+            short += 1;
+        }
+    }
+    assert!(
+        short > 0,
+        "every seed had all 30 clients registered at round 1"
+    );
+}
