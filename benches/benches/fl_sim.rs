@@ -2,7 +2,10 @@
 //! simulated 10-node cluster, real FedAvg every round, a cheap real local step (one SGD step of
 //! 10 examples), centralised evaluation (target <= 5 s on one core). The reference is the same
 //! 100,000 local steps and 100 aggregations' worth of training run directly in a loop, without
-//! the simulator, the coordinator or the strategy: the ratio is their overhead.
+//! the simulator, the coordinator or the strategy: the ratio is their overhead. (Measured once
+//! after the job was made to wait for all its clients, on a 2-core machine busy with builds:
+//! 2.81 s for the run against 1.11 s for the reference; before, 624.8 ms against a reference
+//! 3.3x longer, because the rounds trained only the clients registered at round 1.)
 
 use std::time::Duration;
 
