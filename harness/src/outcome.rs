@@ -199,6 +199,10 @@ pub struct RoundReport {
     pub finished_ms: u64,
     pub latency_ms: u64,
     pub clients_aggregated: u32,
+    /// Selected clients that failed or did not answer before the round timeout: when > 0 the
+    /// accepted set depended on timing.
+    #[serde(default)]
+    pub failures: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loss: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1404,6 +1404,7 @@ fn round_report(r: &RoundStats) -> RoundReport {
         finished_ms,
         latency_ms: r.latency_ms,
         clients_aggregated: r.accepted as u32,
+        failures: r.failures as u32,
         loss: r.central_loss,
         accuracy: r.central_accuracy,
         global_digest: r.aggregated.then(|| r.global_digest.clone()),

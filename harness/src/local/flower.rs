@@ -1421,6 +1421,7 @@ impl Session for FlowerSession {
                 finished_ms: rel(r.aggregated_unix_ms.unwrap_or_default()),
                 latency_ms: latency_ms(r).unwrap_or_default(),
                 clients_aggregated: r.updates.len() as u32,
+                failures: r.failures.len() as u32,
                 loss: r.evaluation.as_ref().and_then(|e| e.get("loss").copied()),
                 accuracy: r
                     .evaluation

@@ -1474,6 +1474,7 @@ impl Session for LocalSession {
                     finished_ms: rel(done),
                     latency_ms: done.saturating_sub(r.started_ms),
                     clients_aggregated: r.accepted.len() as u32,
+                    failures: r.failures.len() as u32,
                     loss: r.central.as_ref().map(|c| c.loss),
                     accuracy: accuracy(r),
                     global_digest: match &r.fit {

@@ -131,8 +131,8 @@ pub fn sample_run() -> RunReport {
                 faults: vec![Marker { at_ms: 300_000, label: "kill_node cp-2".into() }],
             },
             rounds: vec![
-                RoundReport { round: 1, started_ms: 100_000, finished_ms: 160_000, latency_ms: 60_000, clients_aggregated: 10, loss: Some(2.1), accuracy: Some(0.31), global_digest: None },
-                RoundReport { round: 2, started_ms: 160_000, finished_ms: 230_000, latency_ms: 70_000, clients_aggregated: 9, loss: Some(1.4), accuracy: Some(0.55), global_digest: None },
+                RoundReport { round: 1, started_ms: 100_000, finished_ms: 160_000, latency_ms: 60_000, clients_aggregated: 10, failures: 0, loss: Some(2.1), accuracy: Some(0.31), global_digest: None },
+                RoundReport { round: 2, started_ms: 160_000, finished_ms: 230_000, latency_ms: 70_000, clients_aggregated: 9, failures: 1, loss: Some(1.4), accuracy: Some(0.55), global_digest: None },
             ],
             metrics: BTreeMap::from([("nodes_ready_ms".to_string(), 95_000.0), ("fl_final_accuracy".to_string(), 0.55)]),
             trace_hash: Some("ab".repeat(32)),
