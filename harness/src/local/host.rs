@@ -1,5 +1,5 @@
-//! Host-level faults of the local backend: a full disk under the coordinator's store and a
-//! coordinator clock that the harness drives.
+//! Host-level faults of the local backend: a full disk under the coordinator's store (or an
+//! etcd member's data dir, see `etcd.rs`) and a coordinator clock that the harness drives.
 //!
 //! - **Disk full**: when a case has a `disk_full` fault, the coordinator's data dir is a tmpfs
 //!   of its own (mounted at session start, [`TMPFS_SIZE`] at most, RAM used only as written).
@@ -38,9 +38,14 @@ pub struct Tmpfs {
 impl Tmpfs {
     /// Mounts a tmpfs at `at` (created if needed).
     pub fn mount(at: &Path) -> Result<Self, String> {
+        Self::mount_mode(at, "0755")
+    }
+
+    /// Mounts a tmpfs at `at` whose root has permissions `mode` (octal, as `mount -o mode=`).
+    pub fn mount_mode(at: &Path, mode: &str) -> Result<Self, String> {
         std::fs::create_dir_all(at)
             .map_err(|e| format!("failed to create {}: {e}", at.display()))?;
-        Self::call(at, 0, &format!("size={TMPFS_SIZE},mode=0755"))?;
+        Self::call(at, 0, &format!("size={TMPFS_SIZE},mode={mode}"))?;
         Ok(Self {
             at: at.to_path_buf(),
         })
