@@ -352,6 +352,21 @@ fn accept_loop(sh: &Arc<Shared>, listener: &TcpListener) {
     }
 }
 
+/// Whether the peer of `s` closed its side (EOF or an error); bytes waiting or none yet: no.
+fn closed(s: &TcpStream) -> bool {
+    if s.set_nonblocking(true).is_err() {
+        return false;
+    }
+    let mut b = [0u8; 1];
+    let gone = match s.peek(&mut b) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+    };
+    let _ = s.set_nonblocking(false);
+    gone
+}
+
 /// Reads from `s` until a request head ends (`\r\n\r\n`), [`HEAD_LIMIT`] bytes, EOF or
 /// [`CONNECT_TIMEOUT_MS`] of silence; returns every byte read.
 fn read_head(s: &mut TcpStream) -> Vec<u8> {
@@ -382,7 +397,16 @@ fn connect(sh: &Arc<Shared>, mut client: TcpStream) {
         }
         None => (Vec::new(), None),
     };
-    if !sh.hold_while_cut(source.as_deref()) {
+    // Held until the partition heals; a client that gives up meanwhile (etcd redials its
+    // streams every few seconds) frees its thread instead of piling up held connections.
+    while sh.rules_of(source.as_deref()).blackhole {
+        if sh.stopped() || closed(&client) {
+            let _ = client.shutdown(Shutdown::Both);
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(HOLD_POLL_MS));
+    }
+    if sh.stopped() {
         return;
     }
     let Ok(server) =
@@ -658,6 +682,41 @@ mod tests {
             "{:?}",
             t0.elapsed()
         );
+    }
+
+    #[test]
+    fn a_held_connection_whose_client_gives_up_is_not_connected_onwards() {
+        // A server that counts the connections reaching it, echoing each.
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let target = l.local_addr().unwrap();
+        let reached = Arc::new(AtomicU64::new(0));
+        let r2 = reached.clone();
+        std::thread::spawn(move || {
+            for c in l.incoming().take(4) {
+                let Ok(mut c) = c else { continue };
+                r2.fetch_add(1, Ordering::SeqCst);
+                std::thread::spawn(move || {
+                    let mut b = [0u8; 64];
+                    while let Ok(n) = c.read(&mut b) {
+                        if n == 0 || c.write_all(&b[..n]).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        let p = Proxy::start(target, 1).unwrap();
+        p.update(|r| r.blackhole = true);
+        let s = TcpStream::connect(p.addr()).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        drop(s);
+        std::thread::sleep(Duration::from_millis(100));
+        p.update(|r| r.blackhole = false);
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(roundtrip(&p, b"x", 5_000).unwrap(), b"x");
+        // Only the live connection reached the server; the abandoned one was dropped.
+        assert_eq!(reached.load(Ordering::SeqCst), 1);
+        assert_eq!(p.stats().connections, 2);
     }
 
     #[test]
