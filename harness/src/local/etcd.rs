@@ -23,6 +23,34 @@
 //!   the member alone; `etcd_member_loss` SIGKILLs the member and deletes its data dir: it
 //!   stays out of the cluster (as on the sim, a restore does not bring it back). The scenario
 //!   format has no hung-node fault, so nothing here sends SIGSTOP to etcd.
+//! - **Peer network**: every member's advertised peer URL (`--initial-advertise-peer-urls`,
+//!   `--initial-cluster`) is a [`Proxy`] in front of its real peer listener, all on 127.0.0.1.
+//!   The proxy of member j sees the connections of every other member; it tells them apart by
+//!   the first request head of each ([`rafthttp_sender`]: etcd 3.4 names the sender in
+//!   `X-Server-From` on every stream dial and pipeline/snapshot post) and keys its rules by the
+//!   sender's member id. A member's stream readers dial their peers and get the peer's
+//!   messages back on the same connection, so the link i <-> j is exactly i's connections to
+//!   j's proxy and j's to i's: `partition` cuts both (bytes held, new connections held, as
+//!   with an iptables DROP), `link` sets latency/loss/bandwidth on both (per direction, as for
+//!   the FL links), between node names or network groups (`group:`) of the topology, every
+//!   pair of members across the two sets as the sim's `Network::partition`; nodes without a
+//!   member run nothing here. `heal_partition: {}` clears every cut and link fault (the sim's
+//!   heal); with `a`/`b` it uncuts those pairs only. Requests that name no sender
+//!   (`/raft/probing`, `/version`) carry no Raft message and follow the proxy-wide rules,
+//!   which stay clean. The harness's client requests go to the client ports directly and are
+//!   never cut: `etcd.quorum` and the waits observe the cluster from outside, as the sim's
+//!   quorum state does. When a partition leaves the leader without a majority, the election
+//!   watch (below) polls the members cut from it.
+//! - **Disk full**: a member whose node has a `disk_full` in the case gets its data dir on a
+//!   tmpfs of its own ([`Tmpfs`], mode 0700 as etcd wants), mounted before it starts;
+//!   `disk_full` fixes it at the bytes it holds. Observed with etcd 3.4.23: small writes still
+//!   commit (its WAL segment is preallocated, 64 MB, and its bolt db has free pages); the
+//!   first write that needs new space ends the member (`mvcc/backend: cannot commit tx (write
+//!   .../db: no space left on device)`, a fatal log line). etcd's NOSPACE alarm is its
+//!   backend quota, not a full disk, so none is raised. `etcd.quorum` reports, for each member
+//!   under a fault (cut off, disk full), whether it runs (else its exit code and last log
+//!   line) and whether a put + range through it commits. Without `CAP_SYS_ADMIN` the mount
+//!   fails and `disk_full` of that node is skipped with the reason.
 //! - **Assertions and waits**: `etcd.quorum` is a linearizable put then range of one key through
 //!   a running member, bounded by [`QUORUM_PROBE_MS`] per member: true when one member commits
 //!   it (the detail names it), false when none does. `wait: {node: X, condition: Ready}` holds
@@ -37,9 +65,10 @@
 //!   `local_idle_wait_skipped_ms`. A 15-minute wait would otherwise cost 15
 //!   minutes of a CI run while three idle members only exchange heartbeats. With FL processes
 //!   running the wait is real, as before.
-//! - **Metrics** (the same names on the sim): when a fault kills the leader, a thread polls
-//!   `/v3/maintenance/status` of the surviving members every [`POLL_MS`]:
-//!   `etcd_dead_member_detected_ms` is the time from the SIGKILL to the first raft term above
+//! - **Metrics** (the same names on the sim): when a fault kills the leader (or a partition
+//!   cuts it from a majority), a thread polls `/v3/maintenance/status` of the surviving (cut
+//!   off) members every [`POLL_MS`]:
+//!   `etcd_dead_member_detected_ms` is the time from the SIGKILL (the cut) to the first raft term above
 //!   the dead leader's (a follower started an election), `etcd_leader_election_ms` to every
 //!   answering survivor naming the same new leader, itself among them. Only the first leader
 //!   kill of a case is measured into them; a kill of a follower says in its detail that no
@@ -1143,7 +1172,8 @@ impl Cluster {
         }
         // Under a partition, a member whose side holds no majority steadies once it believes
         // in no leader (pre-vote keeps it from campaigning); the others must agree as below.
-        let (cut_off, ok): (Vec<(usize, Status)>, Vec<(usize, Status)>) = ok
+        type Answers = Vec<(usize, Status)>;
+        let (cut_off, ok): (Answers, Answers) = ok
             .into_iter()
             .partition(|(i, _)| !self.cut.is_empty() && self.side_of(*i).len() * 2 <= n);
         if let Some((i, _)) = cut_off.iter().find(|(_, s)| s.leader != 0) {
