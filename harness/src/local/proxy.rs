@@ -16,7 +16,8 @@
 //!   (Linux `TCP_RTO_MIN`, 200 ms, include/net/tcp.h), so loss shows as the stalls it causes.
 //! - `blackhole` (a partition): nothing is forwarded in either direction and new connections
 //!   are accepted but not connected onwards, as with an iptables DROP: peers see timeouts, not
-//!   resets. Held bytes flow again when the partition heals, unless the peer gave up first.
+//!   resets. Held bytes flow again when the partition heals, unless the peer gave up first; a
+//!   held new connection whose client closes it meanwhile is dropped, never connected onwards.
 //!
 //! Rules by source: a proxy started with a [`Classifier`] reads the first request head of each
 //! connection (up to [`HEAD_LIMIT`] bytes, kept and forwarded unchanged as the first chunk),
