@@ -23,6 +23,34 @@
 //!   the member alone; `etcd_member_loss` SIGKILLs the member and deletes its data dir: it
 //!   stays out of the cluster (as on the sim, a restore does not bring it back). The scenario
 //!   format has no hung-node fault, so nothing here sends SIGSTOP to etcd.
+//! - **Peer network**: every member's advertised peer URL (`--initial-advertise-peer-urls`,
+//!   `--initial-cluster`) is a [`Proxy`] in front of its real peer listener, all on 127.0.0.1.
+//!   The proxy of member j sees the connections of every other member; it tells them apart by
+//!   the first request head of each ([`rafthttp_sender`]: etcd 3.4 names the sender in
+//!   `X-Server-From` on every stream dial and pipeline/snapshot post) and keys its rules by the
+//!   sender's member id. A member's stream readers dial their peers and get the peer's
+//!   messages back on the same connection, so the link i <-> j is exactly i's connections to
+//!   j's proxy and j's to i's: `partition` cuts both (bytes held, new connections held, as
+//!   with an iptables DROP), `link` sets latency/loss/bandwidth on both (per direction, as for
+//!   the FL links), between node names or network groups (`group:`) of the topology, every
+//!   pair of members across the two sets as the sim's `Network::partition`; nodes without a
+//!   member run nothing here. `heal_partition: {}` clears every cut and link fault (the sim's
+//!   heal); with `a`/`b` it uncuts those pairs only. Requests that name no sender
+//!   (`/raft/probing`, `/version`) carry no Raft message and follow the proxy-wide rules,
+//!   which stay clean. The harness's client requests go to the client ports directly and are
+//!   never cut: `etcd.quorum` and the waits observe the cluster from outside, as the sim's
+//!   quorum state does. When a partition leaves the leader without a majority, the election
+//!   watch (below) polls the members cut from it.
+//! - **Disk full**: a member whose node has a `disk_full` in the case gets its data dir on a
+//!   tmpfs of its own ([`Tmpfs`], mode 0700 as etcd wants), mounted before it starts;
+//!   `disk_full` fixes it at the bytes it holds. Observed with etcd 3.4.23: small writes still
+//!   commit (its WAL segment is preallocated, 64 MB, and its bolt db has free pages); the
+//!   first write that needs new space ends the member (`mvcc/backend: cannot commit tx (write
+//!   .../db: no space left on device)`, a fatal log line). etcd's NOSPACE alarm is its
+//!   backend quota, not a full disk, so none is raised. `etcd.quorum` reports, for each member
+//!   under a fault (cut off, disk full), whether it runs (else its exit code and last log
+//!   line) and whether a put + range through it commits. Without `CAP_SYS_ADMIN` the mount
+//!   fails and `disk_full` of that node is skipped with the reason.
 //! - **Assertions and waits**: `etcd.quorum` is a linearizable put then range of one key through
 //!   a running member, bounded by [`QUORUM_PROBE_MS`] per member: true when one member commits
 //!   it (the detail names it), false when none does. `wait: {node: X, condition: Ready}` holds
@@ -37,16 +65,17 @@
 //!   `local_idle_wait_skipped_ms`. A 15-minute wait would otherwise cost 15
 //!   minutes of a CI run while three idle members only exchange heartbeats. With FL processes
 //!   running the wait is real, as before.
-//! - **Metrics** (the same names on the sim): when a fault kills the leader, a thread polls
-//!   `/v3/maintenance/status` of the surviving members every [`POLL_MS`]:
-//!   `etcd_dead_member_detected_ms` is the time from the SIGKILL to the first raft term above
+//! - **Metrics** (the same names on the sim): when a fault kills the leader (or a partition
+//!   cuts it from a majority), a thread polls `/v3/maintenance/status` of the surviving (cut
+//!   off) members every [`POLL_MS`]:
+//!   `etcd_dead_member_detected_ms` is the time from the SIGKILL (the cut) to the first raft term above
 //!   the dead leader's (a follower started an election), `etcd_leader_election_ms` to every
 //!   answering survivor naming the same new leader, itself among them. Only the first leader
 //!   kill of a case is measured into them; a kill of a follower says in its detail that no
 //!   election follows. `local_etcd_standup_ms` is the time from spawning the members to a
 //!   leader known to all.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -58,11 +87,13 @@ use simulator::timings::{ETCD_ELECTION_TIMEOUT_US, ETCD_HEARTBEAT_US, MS};
 use simulator::topology::{Datastore, Role, Topology};
 
 use super::LocalSession;
+use super::host::Tmpfs;
 use super::http;
+use super::proxy::{self, Proxy, Rules};
 use super::supervisor::{self, Spec, Supervisor};
 use crate::backend::{Advance, Check, Session, StopCheck};
 use crate::load::Case;
-use crate::scenario::{Action, Assertion, Fault, NodeCondition, Process, Step, Wait};
+use crate::scenario::{Action, Assertion, Fault, FlEndpoint, NodeCondition, Process, Step, Wait};
 
 /// Environment variable naming the `etcd` binary (default: `etcd` on `PATH`).
 pub const ETCD_BIN_ENV: &str = "HARNESS_ETCD_BIN";
@@ -137,6 +168,10 @@ pub(super) struct Plan {
     datastore: Datastore,
     /// Control-plane node names: one member each (etcd datastore only).
     members: Vec<String>,
+    /// Every node of the topology with its network group (`group:`), for partitions and links.
+    nodes: Vec<(String, String)>,
+    /// Members the case fills the disk of: their data dir is a tmpfs of its own.
+    disk_full: BTreeSet<String>,
     /// The case touches etcd or nodes: start the cluster with the session.
     wanted: bool,
 }
@@ -157,11 +192,42 @@ impl Plan {
                 .collect(),
             Datastore::Sqlite => Vec::new(),
         };
-        let wanted = !members.is_empty() && case.steps().chain(case.finally()).any(touches_etcd);
+        let nodes: Vec<(String, String)> = topo
+            .nodes
+            .iter()
+            .map(|n| (n.name.clone(), n.group.clone()))
+            .collect();
+        let names_node = |v: &[String]| {
+            v.iter()
+                .any(|x| nodes.iter().any(|(n, g)| n == x || g == x))
+        };
+        let mut disk_full = BTreeSet::new();
+        let mut peer_faults = false;
+        for f in case
+            .steps()
+            .chain(case.finally())
+            .filter_map(|s| s.fault.as_ref())
+        {
+            match f {
+                Fault::DiskFull { node } if members.contains(node) => {
+                    disk_full.insert(node.clone());
+                }
+                Fault::Partition { a, b }
+                | Fault::HealPartition { a, b }
+                | Fault::Link { a, b, .. } => peer_faults |= names_node(a) || names_node(b),
+                _ => {}
+            }
+        }
+        let wanted = !members.is_empty()
+            && (peer_faults
+                || !disk_full.is_empty()
+                || case.steps().chain(case.finally()).any(touches_etcd));
         Ok(Plan {
             topology: topo.name.clone(),
             datastore: topo.datastore,
             members,
+            nodes,
+            disk_full,
             wanted,
         })
     }
@@ -268,6 +334,34 @@ fn base64(data: &[u8]) -> String {
     out
 }
 
+/// Who sent an etcd peer request, from its head: the `X-Server-From` header rafthttp sets on
+/// every stream dial, pipeline post and snapshot post (etcd 3.4 `rafthttp/stream.go`
+/// `streamReader.dial`, `rafthttp/util.go` `createPostRequest`: the sender's member id as
+/// `types.ID.String()`, lowercase hex), else the id at the end of a stream path
+/// (`/raft/stream/message/<id>`, `/raft/stream/msgapp/<id>`). `None` for requests that name
+/// no sender (`/raft/probing`, `/version`, `/members`): they carry no Raft message.
+pub fn rafthttp_sender(head: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(head);
+    let end = text.find("\r\n\r\n").unwrap_or(text.len());
+    let mut lines = text[..end].split("\r\n");
+    let request = lines.next()?;
+    let hex = |v: &str| {
+        let v = v.trim();
+        (!v.is_empty() && v.len() <= 16 && v.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| v.to_ascii_lowercase())
+    };
+    for l in lines {
+        if let Some((k, v)) = l.split_once(':')
+            && k.trim().eq_ignore_ascii_case("x-server-from")
+        {
+            return hex(v);
+        }
+    }
+    let path = request.split(' ').nth(1)?;
+    let rest = path.strip_prefix("/raft/stream/")?;
+    hex(rest.rsplit('/').next()?)
+}
+
 /// One member.
 pub(super) struct Member {
     name: String,
@@ -303,6 +397,8 @@ struct Election {
 
 struct Watch {
     killed: String,
+    /// What happened to the leader: `killed` or `partitioned`.
+    cause: &'static str,
     seen: Arc<Mutex<Election>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
@@ -344,6 +440,18 @@ pub(super) struct Cluster {
     probes: u64,
     /// The last time a member was started (spawn or restart).
     last_start: Instant,
+    /// One classifying fault proxy per member, in front of its peer listener: the member's
+    /// advertised peer URL (module docs, "Peer network").
+    peers: Vec<Proxy>,
+    /// Cut member pairs (i < j), for reports and the steady check.
+    cut: BTreeSet<(usize, usize)>,
+    /// Degraded member pairs (i < j) and their rules, for reports.
+    degraded: BTreeMap<(usize, usize), Rules>,
+    /// The data volume of members with a `disk_full` in the case (by member index), or why
+    /// it could not be mounted. Dropped after the processes (fields drop after `drop`).
+    disks: BTreeMap<usize, Result<Tmpfs, String>>,
+    /// Members whose volume `disk_full` fixed, with the size it was fixed at.
+    full: BTreeMap<usize, u64>,
 }
 
 impl Drop for Cluster {
@@ -362,6 +470,8 @@ impl Cluster {
         names: &[String],
         data_root: &Path,
         log_dir: &Path,
+        disk_full: &BTreeSet<String>,
+        seed: u64,
     ) -> Result<Cluster, String> {
         let mut ports = BTreeSet::new();
         let mut next_port = || -> Result<u16, String> {
@@ -375,20 +485,37 @@ impl Cluster {
             Err("no distinct free port on 127.0.0.1 after 100 tries".into())
         };
         let mut planned = Vec::new();
-        for n in names {
+        let mut peers = Vec::new();
+        for (k, n) in names.iter().enumerate() {
             let client: SocketAddr = ([127, 0, 0, 1], next_port()?).into();
             let peer: SocketAddr = ([127, 0, 0, 1], next_port()?).into();
-            planned.push((n.clone(), client, peer));
+            let classify: proxy::Classifier = Arc::new(rafthttp_sender);
+            let p = Proxy::start_classified(peer, seed ^ (k as u64 + 1), classify)
+                .map_err(|e| format!("failed to start the peer proxy of etcd member {n}: {e}"))?;
+            planned.push((n.clone(), client, peer, p.addr()));
+            peers.push(p);
         }
         let initial: Vec<String> = planned
             .iter()
-            .map(|(n, _, p)| format!("{n}=http://{p}"))
+            .map(|(n, _, _, p)| format!("{n}=http://{p}"))
             .collect();
+        let mut disks = BTreeMap::new();
+        for (k, (n, ..)) in planned.iter().enumerate() {
+            if disk_full.contains(n) {
+                // etcd wants its data dir private (0700, `fileutil.PrivateDirMode`).
+                let t = Tmpfs::mount_mode(&data_root.join(n), "0700").map_err(|e| {
+                    format!(
+                        "{n}'s etcd data dir could not get a volume of its own to fill ({e}; needs CAP_SYS_ADMIN)"
+                    )
+                });
+                disks.insert(k, t);
+            }
+        }
         let token = format!("fl-harness-{}-{}", std::process::id(), planned[0].2.port());
         let mut sup = Supervisor::new(log_dir);
         let mut members = Vec::new();
         let t0 = Instant::now();
-        for (name, client, peer) in &planned {
+        for (name, client, peer, advertised) in &planned {
             let data_dir = data_root.join(name);
             let args: Vec<String> = [
                 "--name",
@@ -401,8 +528,9 @@ impl Cluster {
                 &format!("http://{client}"),
                 "--listen-peer-urls",
                 &format!("http://{peer}"),
+                // Peers reach this member through its fault proxy (module docs).
                 "--initial-advertise-peer-urls",
-                &format!("http://{peer}"),
+                &format!("http://{advertised}"),
                 "--initial-cluster",
                 &initial.join(","),
                 "--initial-cluster-state",
@@ -447,6 +575,11 @@ impl Cluster {
             watches: Vec::new(),
             probes: 0,
             last_start: t0,
+            peers,
+            cut: BTreeSet::new(),
+            degraded: BTreeMap::new(),
+            disks,
+            full: BTreeMap::new(),
         };
         let mut last = String::new();
         while t0.elapsed() < Duration::from_millis(STARTUP_TIMEOUT_MS) {
@@ -588,26 +721,239 @@ impl Cluster {
                 format!("{killed} was the only member: no one is left to elect a leader")
             }
             Some(s) => {
-                let seen = Arc::new(Mutex::new(Election::default()));
-                let stop = Arc::new(AtomicBool::new(false));
-                let (seen2, stop2) = (seen.clone(), stop.clone());
-                let term0 = s.term;
-                let thread = std::thread::Builder::new()
-                    .name(format!("etcd-election-after-{killed}"))
-                    .spawn(move || watch_election(t0, term0, id, &survivors, &seen2, &stop2))
-                    .map_err(|e| format!("failed to start the election watch: {e}"))?;
-                self.watches.push(Watch {
-                    killed: killed.clone(),
-                    seen,
-                    stop,
-                    thread: Some(thread),
-                });
+                self.start_watch(i, s.term, t0, survivors, "killed")?;
                 format!(
-                    "{killed} was the leader (term {term0}): polling the survivors every {POLL_MS} ms for the election"
+                    "{killed} was the leader (term {}): polling the survivors every {POLL_MS} ms for the election",
+                    s.term
                 )
             }
         };
         Ok((pid, what))
+    }
+
+    /// Starts an election watch on `voters` (name, client address, id) after what befell the
+    /// leader `led` at `t0` (`cause`: `killed` or `partitioned`).
+    fn start_watch(
+        &mut self,
+        led: usize,
+        term0: u64,
+        t0: Instant,
+        voters: Vec<(String, SocketAddr, u64)>,
+        cause: &'static str,
+    ) -> Result<(), String> {
+        let killed = self.members[led].name.clone();
+        let id = self.members[led].id;
+        let seen = Arc::new(Mutex::new(Election::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (seen2, stop2) = (seen.clone(), stop.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("etcd-election-after-{killed}"))
+            .spawn(move || watch_election(t0, term0, id, &voters, &seen2, &stop2))
+            .map_err(|e| format!("failed to start the election watch: {e}"))?;
+        self.watches.push(Watch {
+            killed,
+            cause,
+            seen,
+            stop,
+            thread: Some(thread),
+        });
+        Ok(())
+    }
+
+    /// The source name member `i`'s peer connections carry (rafthttp's `X-Server-From`: its
+    /// id in hex, `types.ID.String()`).
+    fn source(&self, i: usize) -> String {
+        format!("{:x}", self.members[i].id)
+    }
+
+    /// Changes the link between members `i` and `j` both ways: on `j`'s proxy for the
+    /// connections `i` dials and on `i`'s proxy for those `j` dials (a member dials its peers
+    /// for its stream readers, and they answer on the same connection, so every byte between
+    /// the two passes one of these).
+    fn update_link(&self, i: usize, j: usize, f: impl Fn(&mut Rules)) {
+        self.peers[j].update_source(&self.source(i), &f);
+        self.peers[i].update_source(&self.source(j), &f);
+    }
+
+    fn is_cut(&self, i: usize, j: usize) -> bool {
+        self.cut.contains(&(i.min(j), i.max(j)))
+    }
+
+    fn names_of(&self, idx: impl IntoIterator<Item = usize>) -> String {
+        idx.into_iter()
+            .map(|i| self.members[i].name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Members `i` reaches over uncut links, itself included.
+    fn side_of(&self, i: usize) -> Vec<usize> {
+        (0..self.members.len())
+            .filter(|&j| !self.is_cut(i, j))
+            .collect()
+    }
+
+    /// Cuts the peer links `pairs` (i < j); when the leader is left without a majority,
+    /// starts the election watch on the members it was cut from. Returns what it means.
+    fn partition(&mut self, pairs: &BTreeSet<(usize, usize)>) -> Result<String, String> {
+        self.interrupt_watches();
+        let before = self.statuses();
+        let view = before
+            .iter()
+            .find_map(|(_, s)| s.as_ref().ok().filter(|s| s.leader != 0))
+            .cloned();
+        let t0 = Instant::now();
+        for &(i, j) in pairs {
+            self.update_link(i, j, |r| r.blackhole = true);
+            self.degraded.remove(&(i, j));
+            self.cut.insert((i, j));
+        }
+        let n = self.members.len();
+        let Some(s) = view else {
+            return Ok(
+                "no member knew a leader before the partition: no election to measure".into(),
+            );
+        };
+        let Some(l) = self.members.iter().position(|m| m.id == s.leader) else {
+            return Ok(format!(
+                "the leader {:x} is no member of this cluster",
+                s.leader
+            ));
+        };
+        let side = self.side_of(l);
+        let leader = self.members[l].name.clone();
+        if side.len() * 2 > n {
+            return Ok(format!(
+                "the leader {leader} keeps a majority ({}, term {}): no election follows",
+                self.names_of(side),
+                s.term
+            ));
+        }
+        let voters: Vec<(String, SocketAddr, u64)> = before
+            .iter()
+            .filter(|(j, _)| self.is_cut(l, *j))
+            .map(|(j, _)| {
+                let m = &self.members[*j];
+                (m.name.clone(), m.client, m.id)
+            })
+            .collect();
+        if voters.is_empty() {
+            return Ok(format!(
+                "the leader {leader} was cut from no running member"
+            ));
+        }
+        let names = voters
+            .iter()
+            .map(|v| v.0.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        self.start_watch(l, s.term, t0, voters, "partitioned")?;
+        Ok(format!(
+            "the leader {leader} (term {}) is cut off from a majority (its side: {}): polling {names} every {POLL_MS} ms for the election",
+            s.term,
+            self.names_of(side)
+        ))
+    }
+
+    /// Heals the peer links `pairs`, or every cut and degraded link (`None`, as the sim's heal).
+    fn heal(&mut self, pairs: Option<&BTreeSet<(usize, usize)>>) {
+        self.interrupt_watches();
+        match pairs {
+            None => {
+                for p in &self.peers {
+                    p.clear_source_rules();
+                }
+                self.cut.clear();
+                self.degraded.clear();
+            }
+            Some(pairs) => {
+                for &(i, j) in pairs {
+                    self.update_link(i, j, |r| r.blackhole = false);
+                    self.cut.remove(&(i, j));
+                }
+            }
+        }
+    }
+
+    /// Sets latency, loss and bandwidth of the peer links `pairs` (a cut stays cut).
+    fn degrade(&mut self, pairs: &BTreeSet<(usize, usize)>, set: &Rules) {
+        for &(i, j) in pairs {
+            self.update_link(i, j, |r| {
+                r.latency_ms = set.latency_ms;
+                r.loss_pct = set.loss_pct;
+                r.bandwidth_bps = set.bandwidth_bps;
+            });
+            self.degraded.insert((i, j), set.clone());
+        }
+    }
+
+    /// Fixes member `i`'s data volume at what it holds; returns the size.
+    fn fill(&mut self, i: usize) -> Result<u64, String> {
+        let t = match self.disks.get(&i) {
+            Some(Ok(t)) => t,
+            Some(Err(e)) => return Err(e.clone()),
+            None => {
+                return Err(format!(
+                    "{}'s etcd data dir has no volume of its own (the case plan had no disk_full for it)",
+                    self.members[i].name
+                ));
+            }
+        };
+        let size = t.fill()?;
+        self.full.insert(i, size);
+        Ok(size)
+    }
+
+    /// What the members under a fault (cut off, disk full) do now: running or exited (with its
+    /// last log line), and whether a put + range through them commits. `skip`: a member just
+    /// probed.
+    fn fault_notes(&mut self, skip: Option<usize>) -> Vec<String> {
+        let mut notes = Vec::new();
+        for i in 0..self.members.len() {
+            let cut_from: Vec<usize> = (0..self.members.len())
+                .filter(|&j| j != i && self.is_cut(i, j))
+                .collect();
+            let full = self.full.get(&i).copied();
+            if cut_from.is_empty() && full.is_none() {
+                continue;
+            }
+            let mut what = Vec::new();
+            if !cut_from.is_empty() {
+                what.push(format!("cut off from {}", self.names_of(cut_from)));
+            }
+            if let Some(size) = full {
+                what.push(format!("data volume full at {size} bytes"));
+            }
+            let name = self.members[i].name.clone();
+            let p = self.members[i].process();
+            let state = if !self.running(i) {
+                let tail = self.sup.log_tail(&p, 40);
+                let last = tail
+                    .lines()
+                    .rev()
+                    .find(|l| l.contains("no space left"))
+                    .or_else(|| tail.lines().rev().find(|l| !l.trim().is_empty()))
+                    .unwrap_or("")
+                    .trim()
+                    .to_string();
+                format!(
+                    "its member exited (code {:?}): {last}",
+                    self.sup.exit_code(&p)
+                )
+            } else if Some(i) == skip {
+                "a put + range through it committed".to_string()
+            } else {
+                match self.probe(i, Duration::from_millis(QUORUM_PROBE_MS)) {
+                    Ok(t) => format!(
+                        "a put + range through it still committed in {} ms",
+                        t.as_millis()
+                    ),
+                    Err(e) => format!("a put + range through it failed: {e}"),
+                }
+            };
+            notes.push(format!("{name} ({}): {state}", what.join(", ")));
+        }
+        notes
     }
 
     /// Starts member `i` again with the flags and data dir it last ran with.
@@ -693,6 +1039,7 @@ impl Cluster {
             match self.probe(i, Duration::from_millis(QUORUM_PROBE_MS)) {
                 Ok(took) => {
                     let st = status(self.members[i].client, STATUS_TIMEOUT_MS).ok();
+                    let notes = self.fault_notes(Some(i));
                     return (
                         true,
                         format!(
@@ -703,19 +1050,20 @@ impl Cluster {
                             st.as_ref().map_or("?".into(), |s| self.name_of(s.leader)),
                             st.as_ref().map_or(0, |s| s.term),
                             running.len()
-                        ),
+                        ) + &under_faults(&notes),
                     );
                 }
                 Err(e) => failures.push(format!("{}: {e}", self.members[i].name)),
             }
         }
+        let notes = self.fault_notes(None);
         (
             false,
             format!(
                 "no running member committed a linearizable put + range within {QUORUM_PROBE_MS} ms ({}); {}/{n} members running",
                 failures.join("; "),
                 running.len()
-            ),
+            ) + &under_faults(&notes),
         )
     }
 
@@ -822,6 +1170,27 @@ impl Cluster {
         if ok.len() < st.len() {
             return (false, "a running member does not answer".into());
         }
+        // Under a partition, a member whose side holds no majority steadies once it believes
+        // in no leader (pre-vote keeps it from campaigning); the others must agree as below.
+        type Answers = Vec<(usize, Status)>;
+        let (cut_off, ok): (Answers, Answers) = ok
+            .into_iter()
+            .partition(|(i, _)| !self.cut.is_empty() && self.side_of(*i).len() * 2 <= n);
+        if let Some((i, _)) = cut_off.iter().find(|(_, s)| s.leader != 0) {
+            return (
+                false,
+                format!(
+                    "{} is cut off from a majority and still believes in a leader",
+                    self.members[*i].name
+                ),
+            );
+        }
+        if ok.is_empty() {
+            return (
+                true,
+                "every running member is cut off from a majority and knows no leader".into(),
+            );
+        }
         if st.len() * 2 <= n {
             let leaderless = ok.iter().all(|(_, s)| s.leader == 0);
             return (
@@ -856,9 +1225,19 @@ impl Cluster {
         )
     }
 
-    /// The first leader kill's election, measured.
+    /// The first leader kill's (or partition's) election, measured: the leader and what befell it.
     fn first_election(&self) -> Option<(String, Election)> {
-        self.watches.first().map(|w| (w.killed.clone(), w.seen()))
+        self.watches
+            .first()
+            .map(|w| (format!("{} was {}", w.killed, w.cause), w.seen()))
+    }
+}
+
+fn under_faults(notes: &[String]) -> String {
+    if notes.is_empty() {
+        String::new()
+    } else {
+        format!("; under faults: {}", notes.join("; "))
     }
 }
 
@@ -920,7 +1299,14 @@ impl LocalSession {
         }
         let program = find_etcd()?;
         let data = self.dir.path().join("etcd");
-        let c = Cluster::start(&program, &self.etcd_plan.members, &data, self.sup.log_dir())?;
+        let c = Cluster::start(
+            &program,
+            &self.etcd_plan.members,
+            &data,
+            self.sup.log_dir(),
+            &self.etcd_plan.disk_full,
+            self.seed,
+        )?;
         let names: Vec<String> = c.members.iter().map(Member::process).collect();
         self.etcd = Some(c);
         for n in names {
@@ -1111,6 +1497,221 @@ impl LocalSession {
         ))
     }
 
+    /// Whether a name is a node or a network group of the case's topology.
+    fn topology_name(&self, n: &str) -> bool {
+        self.etcd_plan.nodes.iter().any(|(x, g)| x == n || g == n)
+    }
+
+    /// Member indices of the nodes and groups named (nodes without a member run nothing here).
+    fn members_of(&self, names: &[String]) -> BTreeSet<usize> {
+        let nodes: BTreeSet<&str> = self
+            .etcd_plan
+            .nodes
+            .iter()
+            .filter(|(x, g)| names.iter().any(|n| n == x || n == g))
+            .map(|(x, _)| x.as_str())
+            .collect();
+        self.etcd_plan
+            .members
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| nodes.contains(m.as_str()))
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    /// The member pairs (i < j) between the sets `a` and `b`, as the sim cuts every link
+    /// from a node of `a` to a node of `b`.
+    fn member_pairs(&self, a: &[String], b: &[String]) -> BTreeSet<(usize, usize)> {
+        let (ma, mb) = (self.members_of(a), self.members_of(b));
+        let mut out = BTreeSet::new();
+        for &i in &ma {
+            for &j in &mb {
+                if i != j {
+                    out.insert((i.min(j), i.max(j)));
+                }
+            }
+        }
+        out
+    }
+
+    /// Where a `partition`, `heal_partition` or `link` acts on local; `None` for other faults.
+    pub(super) fn net_target(&self, fault: &Fault) -> Option<NetTarget> {
+        let (a, b) = match fault {
+            Fault::Partition { a, b }
+            | Fault::HealPartition { a, b }
+            | Fault::Link { a, b, .. } => (a, b),
+            _ => return None,
+        };
+        if a.is_empty() && b.is_empty() {
+            return Some(NetTarget::All);
+        }
+        let (mut fl, mut topo) = (false, false);
+        for n in a.iter().chain(b) {
+            if FlEndpoint::parse(n).is_some() {
+                fl = true;
+            } else if self.topology_name(n) {
+                topo = true;
+            } else {
+                return Some(NetTarget::Unsupported(format!(
+                    "`{n}` is neither an FL endpoint (`coordinator`, `fl-clients`, `client-N`) nor a node or network group of topology {}",
+                    self.etcd_plan.topology
+                )));
+            }
+        }
+        Some(match (fl, topo) {
+            (true, false) => NetTarget::Fl,
+            (true, true) => NetTarget::Unsupported(format!(
+                "[{}] <-> [{}] mixes FL endpoints and topology nodes: on local the FL processes run on no topology node, so no link joins the two",
+                a.join(", "),
+                b.join(", ")
+            )),
+            _ => match self.sqlite_reason() {
+                Some(r) => NetTarget::Unsupported(format!(
+                    "{r}: the local backend runs no process of its nodes, so there is no link between them to cut or degrade"
+                )),
+                None if self.member_pairs(a, b).is_empty() => NetTarget::Unsupported(format!(
+                    "[{}] <-> [{}] holds no link between two etcd members (members: {}); the local backend runs no other process of a node",
+                    a.join(", "),
+                    b.join(", "),
+                    self.etcd_plan.members.join(", ")
+                )),
+                None => NetTarget::Peers,
+            },
+        })
+    }
+
+    /// A `partition`, `heal_partition` or `link` on the etcd peer links (module docs).
+    pub(super) fn etcd_net(&mut self, fault: &Fault) -> Result<String, String> {
+        let all = matches!(fault, Fault::HealPartition { a, b } if a.is_empty() && b.is_empty());
+        let pairs = match fault {
+            Fault::Partition { a, b }
+            | Fault::HealPartition { a, b }
+            | Fault::Link { a, b, .. } => self.member_pairs(a, b),
+            other => return Err(format!("`{}` is not a network fault", other.kind())),
+        };
+        let c = self.cluster()?;
+        let names = |c: &Cluster, pairs: &BTreeSet<(usize, usize)>| {
+            pairs
+                .iter()
+                .map(|&(i, j)| format!("{} <-> {}", c.members[i].name, c.members[j].name))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let text = match fault {
+            Fault::Partition { .. } => {
+                let what = c.partition(&pairs)?;
+                format!(
+                    "partition: the peer proxies drop every byte of etcd peer traffic on {} and hold new connections; {what}",
+                    names(c, &pairs)
+                )
+            }
+            Fault::HealPartition { .. } if all => {
+                let was = names(c, &c.cut.clone());
+                c.heal(None);
+                if was.is_empty() {
+                    "heal_partition: no etcd peer link was cut; link faults between members cleared"
+                        .into()
+                } else {
+                    format!(
+                        "heal_partition: etcd peer traffic on {was} flows again (held bytes too); link faults between members cleared"
+                    )
+                }
+            }
+            Fault::HealPartition { .. } => {
+                c.heal(Some(&pairs));
+                format!(
+                    "heal_partition: etcd peer traffic on {} flows again",
+                    names(c, &pairs)
+                )
+            }
+            Fault::Link {
+                latency,
+                loss_pct,
+                bandwidth_mbps,
+                ..
+            } => {
+                let rules = link_rules(*latency, *loss_pct, *bandwidth_mbps)?;
+                c.degrade(&pairs, &rules);
+                format!(
+                    "link: {} each way on etcd peer traffic {}, by the peer proxies",
+                    rules.describe(),
+                    names(c, &pairs)
+                )
+            }
+            _ => unreachable!("matched above"),
+        };
+        let mut states = Vec::new();
+        for i in 0..c.members.len() {
+            let cut: Vec<usize> = (0..c.members.len())
+                .filter(|&j| j != i && c.is_cut(i, j))
+                .collect();
+            let deg = c
+                .degraded
+                .iter()
+                .filter(|((x, y), _)| *x == i || *y == i)
+                .map(|(_, r)| r.describe())
+                .next();
+            let state = match (cut.is_empty(), deg) {
+                (true, None) => "clean".to_string(),
+                (false, _) => format!("cut from {}", c.names_of(cut)),
+                (true, Some(d)) => d,
+            };
+            states.push((format!("peer link {}", c.members[i].name), state));
+        }
+        for (k, v) in states {
+            self.track(&k, &v);
+        }
+        self.mark(text.clone());
+        Ok(format!(
+            "{text} at {}",
+            crate::duration::Duration::from_ms(self.now_ms())
+        ))
+    }
+
+    /// Why `disk_full` of node `node` cannot run; `None` when it can (or is no member's).
+    pub(super) fn etcd_disk_unsupported(&self, node: &str) -> Option<String> {
+        if !self.etcd_plan.members.iter().any(|m| m == node) {
+            return Some(match self.sqlite_reason() {
+                Some(r) => format!(
+                    "{r}: the local backend runs no process of node `{node}` to fill the disk of"
+                ),
+                None => format!(
+                    "the local backend fills the coordinator's store or an etcd member's data dir (members: {}); `{node}` is neither",
+                    self.etcd_plan.members.join(", ")
+                ),
+            });
+        }
+        let c = self.etcd.as_ref()?;
+        let i = c.member(node)?;
+        match c.disks.get(&i) {
+            Some(Err(e)) => Some(e.clone()),
+            _ => None,
+        }
+    }
+
+    /// `disk_full` of a member's node: its data volume is fixed at what it holds.
+    pub(super) fn etcd_disk_full(&mut self, node: &str) -> Result<String, String> {
+        let i = self.member_index(node)?;
+        let c = self.cluster()?;
+        let size = c.fill(i)?;
+        let p = c.members[i].process();
+        let text = format!(
+            "disk_full: {node}'s etcd data dir volume is fixed at the {size} bytes it holds; etcd 3.4 writes on into its preallocated WAL segment (64 MB, `wal.SegmentSizeBytes`) and free pages of its bolt db, and exits (`mvcc/backend: cannot commit tx ... no space left on device`) on the first write that needs new space"
+        );
+        self.track(&p, "disk full");
+        self.mark(text.clone());
+        Ok(text)
+    }
+
+    /// A linearizable put + range through `node`'s member, bounded by [`QUORUM_PROBE_MS`]
+    /// (for tests: whether that member can write).
+    pub fn etcd_put_through(&mut self, node: &str) -> Result<Duration, String> {
+        let i = self.member_index(node)?;
+        self.cluster()?
+            .probe(i, Duration::from_millis(QUORUM_PROBE_MS))
+    }
+
     /// `etcd.quorum`; `None` for other assertions.
     pub(super) fn etcd_check(&mut self, a: &Assertion) -> Option<Check> {
         let Assertion::EtcdQuorum(want) = a else {
@@ -1130,7 +1731,7 @@ impl LocalSession {
         );
         if let Some((killed, e)) = c.first_election() {
             d.push_str(&format!(
-                "; after the leader {killed} was killed: {}",
+                "; after the leader {killed}: {}",
                 election_text(&e)
             ));
         }
@@ -1271,6 +1872,39 @@ impl LocalSession {
     }
 }
 
+/// Where a network fault acts on local.
+pub(super) enum NetTarget {
+    /// Coordinator <-> worker links (FL endpoints only).
+    Fl,
+    /// etcd peer links (topology nodes and groups only).
+    Peers,
+    /// `heal_partition: {}`: every link of both kinds.
+    All,
+    Unsupported(String),
+}
+
+/// The proxy rules of a `link` fault, checked.
+pub(super) fn link_rules(
+    latency: Option<crate::duration::Duration>,
+    loss_pct: Option<f64>,
+    bandwidth_mbps: Option<u64>,
+) -> Result<Rules, String> {
+    if let Some(l) = loss_pct
+        && !(l.is_finite() && (0.0..=100.0).contains(&l))
+    {
+        return Err(format!("link loss_pct {l} must be between 0 and 100"));
+    }
+    if bandwidth_mbps == Some(0) {
+        return Err("link bandwidth_mbps must be at least 1 (a cut link is a `partition`)".into());
+    }
+    Ok(Rules {
+        latency_ms: latency.map_or(0, |d| d.as_ms()),
+        loss_pct: loss_pct.unwrap_or(0.0),
+        bandwidth_bps: bandwidth_mbps.map(|m| m * 1_000_000 / 8),
+        blackhole: false,
+    })
+}
+
 fn election_text(e: &Election) -> String {
     match (e.detected_ms, e.elected_ms, &e.leader) {
         (_, Some(el), Some(l)) => format!(
@@ -1303,7 +1937,29 @@ fn election_text(e: &Election) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::base64;
+    use super::{base64, rafthttp_sender};
+
+    #[test]
+    fn rafthttp_sender_reads_the_header_or_the_stream_path() {
+        let post = b"POST /raft HTTP/1.1\r\nHost: 127.0.0.1:1\r\nX-Server-From: 8E9E05C52164694D\r\nContent-Type: application/protobuf\r\n\r\n\x01\x02";
+        assert_eq!(rafthttp_sender(post).as_deref(), Some("8e9e05c52164694d"));
+        let stream = b"GET /raft/stream/msgapp/91bc3c398fb3c146 HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert_eq!(rafthttp_sender(stream).as_deref(), Some("91bc3c398fb3c146"));
+        assert_eq!(
+            rafthttp_sender(b"GET /raft/probing HTTP/1.1\r\nHost: x\r\n\r\n"),
+            None
+        );
+        assert_eq!(rafthttp_sender(b"GET /version HTTP/1.1\r\n\r\n"), None);
+        // A header after the head's end is body, not a header.
+        assert_eq!(
+            rafthttp_sender(b"GET /members HTTP/1.1\r\n\r\nX-Server-From: 1\r\n"),
+            None
+        );
+        assert_eq!(
+            rafthttp_sender(b"POST /raft HTTP/1.1\r\nX-Server-From: zz\r\n\r\n"),
+            None
+        );
+    }
 
     #[test]
     fn base64_matches_rfc4648_vectors() {

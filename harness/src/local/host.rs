@@ -1,5 +1,5 @@
-//! Host-level faults of the local backend: a full disk under the coordinator's store and a
-//! coordinator clock that the harness drives.
+//! Host-level faults of the local backend: a full disk under the coordinator's store (or an
+//! etcd member's data dir, see `etcd.rs`) and a coordinator clock that the harness drives.
 //!
 //! - **Disk full**: when a case has a `disk_full` fault, the coordinator's data dir is a tmpfs
 //!   of its own (mounted at session start, [`TMPFS_SIZE`] at most, RAM used only as written).
@@ -38,9 +38,14 @@ pub struct Tmpfs {
 impl Tmpfs {
     /// Mounts a tmpfs at `at` (created if needed).
     pub fn mount(at: &Path) -> Result<Self, String> {
+        Self::mount_mode(at, "0755")
+    }
+
+    /// Mounts a tmpfs at `at` whose root has permissions `mode` (octal, as `mount -o mode=`).
+    pub fn mount_mode(at: &Path, mode: &str) -> Result<Self, String> {
         std::fs::create_dir_all(at)
             .map_err(|e| format!("failed to create {}: {e}", at.display()))?;
-        Self::call(at, 0, &format!("size={TMPFS_SIZE},mode=0755"))?;
+        Self::call(at, 0, &format!("size={TMPFS_SIZE},mode={mode}"))?;
         Ok(Self {
             at: at.to_path_buf(),
         })
@@ -129,8 +134,10 @@ fn epoch_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn write_clock(path: &Path, skew: i64) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
+fn write_clock(path: &Path, skew: i64, writer: &str) -> std::io::Result<()> {
+    // One temp file per writer (the ticker, `set_skew`): two writers sharing one could rename
+    // the other's half-written file into place.
+    let tmp = path.with_extension(format!("{writer}.tmp"));
     std::fs::write(&tmp, epoch_ms().saturating_add_signed(skew).to_string())?;
     // A rename is atomic: the reader never sees half a number.
     std::fs::rename(&tmp, path)
@@ -139,7 +146,8 @@ fn write_clock(path: &Path, skew: i64) -> std::io::Result<()> {
 impl ClockDriver {
     /// Starts at skew 0; the file exists when this returns.
     pub fn start(path: &Path) -> Result<Self, String> {
-        write_clock(path, 0).map_err(|e| format!("failed to write {}: {e}", path.display()))?;
+        write_clock(path, 0, "start")
+            .map_err(|e| format!("failed to write {}: {e}", path.display()))?;
         let skew_ms = Arc::new(AtomicI64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let (p, s, st) = (path.to_path_buf(), skew_ms.clone(), stop.clone());
@@ -147,7 +155,7 @@ impl ClockDriver {
             .name("clock-driver".into())
             .spawn(move || {
                 while !st.load(Ordering::SeqCst) {
-                    let _ = write_clock(&p, s.load(Ordering::SeqCst));
+                    let _ = write_clock(&p, s.load(Ordering::SeqCst), "tick");
                     std::thread::sleep(Duration::from_millis(CLOCK_TICK_MS));
                 }
             })
@@ -167,7 +175,7 @@ impl ClockDriver {
     /// Sets the skew (positive: ahead) and writes it at once.
     pub fn set_skew(&self, ms: i64) {
         self.skew_ms.store(ms, Ordering::SeqCst);
-        let _ = write_clock(&self.path, ms);
+        let _ = write_clock(&self.path, ms, "set");
     }
 
     pub fn skew_ms(&self) -> i64 {

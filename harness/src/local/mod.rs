@@ -155,8 +155,8 @@ impl LocalBackend {
             virtual_time: false,
             missing_reason: "the local backend runs real `fl` coordinator and worker processes and \
                              the etcd members of control-plane nodes; no kubelet, Kubernetes \
-                             API or GitOps controller runs on it yet, and network faults act on \
-                             the FL links only",
+                             API or GitOps controller runs on it yet; network faults act on \
+                             the FL links and the etcd peer links",
         }
     }
 
@@ -181,7 +181,10 @@ impl LocalBackend {
             .chain(case.finally())
             .filter_map(|s| s.fault.as_ref())
             .collect();
-        let (tmpfs, tmpfs_error) = if faults.iter().any(|f| matches!(f, Fault::DiskFull { .. })) {
+        let (tmpfs, tmpfs_error) = if faults
+            .iter()
+            .any(|f| matches!(f, Fault::DiskFull { node } if node == COORDINATOR_GROUP))
+        {
             match host::Tmpfs::mount(&dir.path().join("coordinator")) {
                 Ok(t) => (Some(t), None),
                 Err(e) => (
@@ -1150,22 +1153,19 @@ impl Session for LocalSession {
             Fault::KillProcess { node, process } | Fault::RestoreProcess { node, process } => {
                 Self::process_name(node, *process).err()
             }
-            Fault::DiskFull { node } if node != COORDINATOR_GROUP => Some(format!(
-                "the `local` backend fills only the coordinator's store (`disk_full: {{ node: {COORDINATOR_GROUP} }}`), not `{node}`"
-            )),
+            Fault::DiskFull { node } if node != COORDINATOR_GROUP => {
+                self.etcd_disk_unsupported(node)
+            }
             Fault::DiskFull { .. } => self.tmpfs_error.clone(),
             Fault::ClockSkew { node, .. } if node != COORDINATOR_GROUP => Some(format!(
                 "the `local` backend skews only the coordinator's clock (`clock_skew: {{ node: {COORDINATOR_GROUP} }}`), not `{node}`"
             )),
-            Fault::Partition { a, b }
-            | Fault::HealPartition { a, b }
-            | Fault::Link { a, b, .. } => a
-                .iter()
-                .chain(b)
-                .find(|n| net_endpoint(n).is_none())
-                .map(|n| format!(
-                    "the `local` backend cuts and degrades only FL links (`{COORDINATOR_GROUP}`, `{CLIENTS_GROUP}`, `client-N`) through its fault proxy; `{n}` is not one"
-                )),
+            f @ (Fault::Partition { .. } | Fault::HealPartition { .. } | Fault::Link { .. }) => {
+                match self.net_target(f) {
+                    Some(etcd::NetTarget::Unsupported(r)) => Some(r),
+                    _ => None,
+                }
+            }
             _ => None,
         }
     }
@@ -1267,8 +1267,31 @@ impl Session for LocalSession {
                 self.inject_fl(fault)
             }
             Fault::Partition { .. } | Fault::HealPartition { .. } | Fault::Link { .. } => {
-                self.inject_net(fault)
+                match self.net_target(fault) {
+                    Some(etcd::NetTarget::Peers) => self.etcd_net(fault),
+                    Some(etcd::NetTarget::All) => {
+                        // Heals whichever of the FL links and the etcd peer links run.
+                        let mut done = Vec::new();
+                        if self.job.is_some() {
+                            done.push(self.inject_net(fault)?);
+                        }
+                        if self.etcd.is_some() {
+                            done.push(self.etcd_net(fault)?);
+                        }
+                        if done.is_empty() {
+                            Ok(
+                                "heal_partition: no FL job and no etcd member run: no link to heal"
+                                    .into(),
+                            )
+                        } else {
+                            Ok(done.join("; "))
+                        }
+                    }
+                    Some(etcd::NetTarget::Unsupported(r)) => Err(r),
+                    _ => self.inject_net(fault),
+                }
             }
+            Fault::DiskFull { node } if node != COORDINATOR_GROUP => self.etcd_disk_full(node),
             Fault::DiskFull { .. } => {
                 let t = self.tmpfs.as_ref().ok_or_else(|| {
                     self.tmpfs_error

@@ -16,12 +16,23 @@
 //!   (Linux `TCP_RTO_MIN`, 200 ms, include/net/tcp.h), so loss shows as the stalls it causes.
 //! - `blackhole` (a partition): nothing is forwarded in either direction and new connections
 //!   are accepted but not connected onwards, as with an iptables DROP: peers see timeouts, not
-//!   resets. Held bytes flow again when the partition heals, unless the peer gave up first.
+//!   resets. Held bytes flow again when the partition heals, unless the peer gave up first; a
+//!   held new connection whose client closes it meanwhile is dropped, never connected onwards.
+//!
+//! Rules by source: a proxy started with a [`Classifier`] reads the first request head of each
+//! connection (up to [`HEAD_LIMIT`] bytes, kept and forwarded unchanged as the first chunk),
+//! asks the classifier who sent it, and applies the rules set for that source
+//! ([`Proxy::set_source_rules`]) instead of the proxy-wide ones. One proxy in front of a
+//! server many peers dial can so cut or slow one peer's connections and not the others'
+//! (etcd's peer listener: every member dials it, and names itself in each request). A
+//! connection the classifier does not recognise follows the proxy-wide rules. The bandwidth
+//! budget stays one per proxy and direction, shared by every throttled source.
 //!
 //! Everything runs on plain threads (the harness has no async runtime), at most four per
 //! connection, and stops when the proxy is dropped: the listener and every socket are shut
 //! down and every thread is joined.
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -41,6 +52,13 @@ const HOLD_POLL_MS: u64 = 5;
 const CONNECT_TIMEOUT_MS: u64 = 2_000;
 /// Most connections one proxy serves at once (a worker keeps one or two).
 const MAX_CONNECTIONS: usize = 64;
+/// Most bytes a classifying proxy reads before it classifies (an HTTP/1.1 request head of
+/// etcd's rafthttp is well under 1 KiB).
+pub const HEAD_LIMIT: usize = 8 * 1024;
+
+/// Names the source of a connection from the first bytes it sent (at most one request head);
+/// `None`: not recognised, the proxy-wide rules apply.
+pub type Classifier = Arc<dyn Fn(&[u8]) -> Option<String> + Send + Sync>;
 
 /// The faults on a link right now.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -82,11 +100,16 @@ pub struct Stats {
     pub bytes_forwarded: u64,
     /// Chunks delayed by a simulated retransmission.
     pub chunks_lost: u64,
+    /// Connections the classifier named a source of (0 without a classifier).
+    pub classified: u64,
 }
 
 struct Shared {
     target: SocketAddr,
     rules: Mutex<Rules>,
+    /// Rules of connections whose classifier named this source.
+    by_source: Mutex<BTreeMap<String, Rules>>,
+    classifier: Option<Classifier>,
     stop: AtomicBool,
     /// Clones of every open socket, shut down on stop so blocked reads return.
     sockets: Mutex<Vec<TcpStream>>,
@@ -96,12 +119,20 @@ struct Shared {
     connections: AtomicU64,
     bytes: AtomicU64,
     lost: AtomicU64,
+    classified: AtomicU64,
     rng: Mutex<u64>,
 }
 
 impl Shared {
     fn rules(&self) -> Rules {
         self.rules.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// The rules of a connection from `source` (the proxy-wide ones when none are set for it).
+    fn rules_of(&self, source: Option<&str>) -> Rules {
+        source
+            .and_then(|s| self.by_source.lock().ok()?.get(s).cloned())
+            .unwrap_or_else(|| self.rules())
     }
 
     fn stopped(&self) -> bool {
@@ -134,8 +165,8 @@ impl Shared {
     }
 
     /// Waits while the link is cut; false if stopped.
-    fn hold_while_cut(&self) -> bool {
-        while self.rules().blackhole {
+    fn hold_while_cut(&self, source: Option<&str>) -> bool {
+        while self.rules_of(source).blackhole {
             if self.stopped() {
                 return false;
             }
@@ -171,11 +202,31 @@ pub struct Proxy {
 impl Proxy {
     /// Listens on a free port of 127.0.0.1. `seed` drives the loss draws.
     pub fn start(target: SocketAddr, seed: u64) -> std::io::Result<Self> {
+        Self::start_with(target, seed, None)
+    }
+
+    /// Like [`Proxy::start`], and classifies every connection by its first request head
+    /// (module docs): rules set per source apply to that source's connections.
+    pub fn start_classified(
+        target: SocketAddr,
+        seed: u64,
+        classifier: Classifier,
+    ) -> std::io::Result<Self> {
+        Self::start_with(target, seed, Some(classifier))
+    }
+
+    fn start_with(
+        target: SocketAddr,
+        seed: u64,
+        classifier: Option<Classifier>,
+    ) -> std::io::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0")?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             target,
             rules: Mutex::new(Rules::default()),
+            by_source: Mutex::new(BTreeMap::new()),
+            classifier,
             stop: AtomicBool::new(false),
             sockets: Mutex::new(Vec::new()),
             threads: Mutex::new(Vec::new()),
@@ -183,6 +234,7 @@ impl Proxy {
             connections: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             lost: AtomicU64::new(0),
+            classified: AtomicU64::new(0),
             rng: Mutex::new(seed),
         });
         shared.spawn("proxy-accept", move |sh| accept_loop(&sh, &listener));
@@ -216,11 +268,38 @@ impl Proxy {
         }
     }
 
+    /// The rules of connections from `source` (the proxy-wide ones when none are set for it).
+    pub fn source_rules(&self, source: &str) -> Rules {
+        self.shared.rules_of(Some(source))
+    }
+
+    /// Sets the faults of `source`'s connections (classifying proxies only).
+    pub fn set_source_rules(&self, source: &str, r: Rules) {
+        if let Ok(mut m) = self.shared.by_source.lock() {
+            m.insert(source.to_string(), r);
+        }
+    }
+
+    /// Changes the faults of `source`'s connections in place (from clean if none were set).
+    pub fn update_source(&self, source: &str, f: impl FnOnce(&mut Rules)) {
+        if let Ok(mut m) = self.shared.by_source.lock() {
+            f(m.entry(source.to_string()).or_default());
+        }
+    }
+
+    /// Forgets every per-source rule: all connections follow the proxy-wide rules again.
+    pub fn clear_source_rules(&self) {
+        if let Ok(mut m) = self.shared.by_source.lock() {
+            m.clear();
+        }
+    }
+
     pub fn stats(&self) -> Stats {
         Stats {
             connections: self.shared.connections.load(Ordering::SeqCst),
             bytes_forwarded: self.shared.bytes.load(Ordering::SeqCst),
             chunks_lost: self.shared.lost.load(Ordering::SeqCst),
+            classified: self.shared.classified.load(Ordering::SeqCst),
         }
     }
 }
@@ -274,9 +353,61 @@ fn accept_loop(sh: &Arc<Shared>, listener: &TcpListener) {
     }
 }
 
-/// Connects onwards (after any partition heals) and starts both directions.
-fn connect(sh: &Arc<Shared>, client: TcpStream) {
-    if !sh.hold_while_cut() {
+/// Whether the peer of `s` closed its side (EOF or an error); bytes waiting or none yet: no.
+fn closed(s: &TcpStream) -> bool {
+    if s.set_nonblocking(true).is_err() {
+        return false;
+    }
+    let mut b = [0u8; 1];
+    let gone = match s.peek(&mut b) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+    };
+    let _ = s.set_nonblocking(false);
+    gone
+}
+
+/// Reads from `s` until a request head ends (`\r\n\r\n`), [`HEAD_LIMIT`] bytes, EOF or
+/// [`CONNECT_TIMEOUT_MS`] of silence; returns every byte read.
+fn read_head(s: &mut TcpStream) -> Vec<u8> {
+    let mut head = Vec::new();
+    let _ = s.set_read_timeout(Some(Duration::from_millis(CONNECT_TIMEOUT_MS)));
+    let mut buf = [0u8; 1024];
+    while head.len() < HEAD_LIMIT && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let _ = s.set_read_timeout(None);
+    head
+}
+
+/// Classifies (if the proxy does), connects onwards (after any partition heals) and starts
+/// both directions.
+fn connect(sh: &Arc<Shared>, mut client: TcpStream) {
+    let (head, source) = match &sh.classifier {
+        Some(classify) => {
+            let head = read_head(&mut client);
+            let source = classify(&head);
+            if source.is_some() {
+                sh.classified.fetch_add(1, Ordering::SeqCst);
+            }
+            (head, source.map(Arc::<str>::from))
+        }
+        None => (Vec::new(), None),
+    };
+    // Held until the partition heals; a client that gives up meanwhile (etcd redials its
+    // streams every few seconds) frees its thread instead of piling up held connections.
+    while sh.rules_of(source.as_deref()).blackhole {
+        if sh.stopped() || closed(&client) {
+            let _ = client.shutdown(Shutdown::Both);
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(HOLD_POLL_MS));
+    }
+    if sh.stopped() {
         return;
     }
     let Ok(server) =
@@ -293,28 +424,41 @@ fn connect(sh: &Arc<Shared>, client: TcpStream) {
         let _ = server.shutdown(Shutdown::Both);
         return;
     };
-    pipe(sh, client, server, 0);
-    pipe(sh, s2, c2, 1);
+    pipe(sh, client, server, 0, source.clone(), head);
+    pipe(sh, s2, c2, 1, source, Vec::new());
 }
 
 /// One direction: a reader stamps chunks with their delivery time, a writer delivers them.
-fn pipe(sh: &Arc<Shared>, mut from: TcpStream, mut to: TcpStream, dir: usize) {
+/// `first` (the bytes a classifier read) goes first, under the same rules.
+fn pipe(
+    sh: &Arc<Shared>,
+    mut from: TcpStream,
+    mut to: TcpStream,
+    dir: usize,
+    source: Option<Arc<str>>,
+    first: Vec<u8>,
+) {
     let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
+    let src = source.clone();
     sh.spawn("proxy-read", move |sh| {
         let mut buf = vec![0u8; CHUNK];
+        let mut first = Some(first).filter(|f| !f.is_empty());
         loop {
-            let n = match from.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
+            let chunk = match first.take() {
+                Some(f) => f,
+                None => match from.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => buf[..n].to_vec(),
+                },
             };
-            let r = sh.rules();
+            let r = sh.rules_of(src.as_deref());
             let mut delay = r.latency_ms;
             if r.loss_pct > 0.0 && sh.percent() < r.loss_pct {
                 sh.lost.fetch_add(1, Ordering::SeqCst);
                 delay += RTO_MIN_MS;
             }
             let at = Instant::now() + Duration::from_millis(delay);
-            if tx.send((at, buf[..n].to_vec())).is_err() {
+            if tx.send((at, chunk)).is_err() {
                 break;
             }
         }
@@ -322,10 +466,14 @@ fn pipe(sh: &Arc<Shared>, mut from: TcpStream, mut to: TcpStream, dir: usize) {
     });
     sh.spawn("proxy-write", move |sh| {
         for (at, chunk) in rx {
-            if !sh.sleep_until(at) || !sh.hold_while_cut() {
+            if !sh.sleep_until(at) || !sh.hold_while_cut(source.as_deref()) {
                 return;
             }
-            if let Some(bps) = sh.rules().bandwidth_bps.filter(|b| *b > 0) {
+            if let Some(bps) = sh
+                .rules_of(source.as_deref())
+                .bandwidth_bps
+                .filter(|b| *b > 0)
+            {
                 let cost = Duration::from_secs_f64(chunk.len() as f64 / bps as f64);
                 let until = {
                     let mut free = sh.next_free[dir].lock().unwrap_or_else(|e| e.into_inner());
@@ -385,6 +533,14 @@ mod tests {
         let p = Proxy::start(echo(), 1).unwrap();
         let msg: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
         assert_eq!(roundtrip(&p, &msg, 5_000).unwrap(), msg);
+        // The writer counts a chunk after its write returns, which can be after the client read
+        // it: give the count up to a second to land (bounded, not a speed check).
+        for _ in 0..200 {
+            if p.stats().bytes_forwarded >= 200_000 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
         let st = p.stats();
         assert_eq!(st.connections, 1);
         assert_eq!(st.bytes_forwarded, 200_000, "both directions");
@@ -471,6 +627,105 @@ mod tests {
             .describe(),
             "latency 5 ms, 1.000 Mbit/s, loss 1%, partitioned"
         );
+    }
+
+    /// A toy classifier: the value of a `From:` header line.
+    fn from_header() -> Classifier {
+        Arc::new(|head: &[u8]| {
+            String::from_utf8_lossy(head)
+                .lines()
+                .find_map(|l| l.strip_prefix("From: ").map(|v| v.trim().to_string()))
+        })
+    }
+
+    #[test]
+    fn a_classifier_cuts_one_source_and_not_the_others() {
+        let p = Proxy::start_classified(echo(), 1, from_header()).unwrap();
+        p.update_source("a", |r| r.blackhole = true);
+        assert!(p.source_rules("a").blackhole);
+        assert!(
+            !p.source_rules("b").blackhole,
+            "b follows the proxy-wide rules"
+        );
+        let head_a = b"GET / HTTP/1.1\r\nFrom: a\r\n\r\nbody-a";
+        let head_b = b"GET / HTTP/1.1\r\nFrom: b\r\n\r\nbody-b";
+        // b and an unclassified connection pass; the head read for classifying is forwarded.
+        assert_eq!(roundtrip(&p, head_b, 5_000).unwrap(), head_b);
+        assert_eq!(
+            roundtrip(&p, b"no head at all\r\n\r\n", 5_000).unwrap(),
+            b"no head at all\r\n\r\n"
+        );
+        // a is held, as by a partition.
+        let mut s = TcpStream::connect(p.addr()).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        s.write_all(head_a).unwrap();
+        let mut got = vec![0u8; head_a.len()];
+        let e = s.read_exact(&mut got).unwrap_err();
+        assert!(
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "{e}"
+        );
+        assert_eq!(p.stats().classified, 2, "a and b, not the unclassified one");
+        // Healing a's rules lets its held bytes through.
+        p.clear_source_rules();
+        s.set_read_timeout(Some(Duration::from_millis(5_000)))
+            .unwrap();
+        s.read_exact(&mut got).unwrap();
+        assert_eq!(&got[..], &head_a[..]);
+        // Per-source latency applies to that source only.
+        p.set_source_rules(
+            "b",
+            Rules {
+                latency_ms: 80,
+                ..Rules::default()
+            },
+        );
+        let t0 = Instant::now();
+        roundtrip(&p, head_b, 5_000).unwrap();
+        assert!(
+            t0.elapsed() >= Duration::from_millis(160),
+            "{:?}",
+            t0.elapsed()
+        );
+    }
+
+    #[test]
+    fn a_held_connection_whose_client_gives_up_is_not_connected_onwards() {
+        // A server that counts the connections reaching it, echoing each.
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let target = l.local_addr().unwrap();
+        let reached = Arc::new(AtomicU64::new(0));
+        let r2 = reached.clone();
+        std::thread::spawn(move || {
+            for c in l.incoming().take(4) {
+                let Ok(mut c) = c else { continue };
+                r2.fetch_add(1, Ordering::SeqCst);
+                std::thread::spawn(move || {
+                    let mut b = [0u8; 64];
+                    while let Ok(n) = c.read(&mut b) {
+                        if n == 0 || c.write_all(&b[..n]).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        let p = Proxy::start(target, 1).unwrap();
+        p.update(|r| r.blackhole = true);
+        let s = TcpStream::connect(p.addr()).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        drop(s);
+        std::thread::sleep(Duration::from_millis(100));
+        p.update(|r| r.blackhole = false);
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(roundtrip(&p, b"x", 5_000).unwrap(), b"x");
+        // Only the live connection reached the server; the abandoned one was dropped.
+        assert_eq!(reached.load(Ordering::SeqCst), 1);
+        assert_eq!(p.stats().connections, 2);
     }
 
     #[test]

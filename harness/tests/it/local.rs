@@ -4,7 +4,9 @@
 //! way after a timeout or Ctrl-C).
 //! The etcd cases run a real 3-member etcd (Debian `etcd-server`): quorum kept with one member
 //! SIGKILLed and lost with two, a restored member rejoins from its WAL, a leader kill is timed,
-//! and no etcd PID survives a dropped session.
+//! and no etcd PID survives a dropped session; a partition between nodes (through the peer
+//! proxies) keeps quorum on the majority and a partitioned leader is replaced; a full data
+//! volume under one member is reported.
 //! Without the `fl` binary (`cargo build -p fl-node`) or `etcd` (`cargo xtask setup local`)
 //! these tests skip loudly; under CI they fail.
 
@@ -717,4 +719,189 @@ fn the_same_case_gives_the_same_global_digest_every_round_on_sim_and_local() {
         assert_ne!(sim[0], sim[1]);
         assert_ne!(sim[1], sim[2]);
     }
+}
+
+fn partition(a: &[&str], b: &[&str]) -> harness::scenario::Fault {
+    harness::scenario::Fault::Partition {
+        a: a.iter().map(|s| s.to_string()).collect(),
+        b: b.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+fn heal_all() -> harness::scenario::Fault {
+    harness::scenario::Fault::HealPartition {
+        a: Vec::new(),
+        b: Vec::new(),
+    }
+}
+
+/// Waits (real time, at most 20 s) until `node`'s member is caught up with a leader.
+fn wait_ready(s: &mut harness::local::LocalSession, node: &str) {
+    let w = Wait {
+        node: Some(node.to_string()),
+        timeout: Some(harness::duration::Duration::from_ms(20_000)),
+        ..Default::default()
+    };
+    let deadline = s.now_ms() + 20_000;
+    assert_eq!(
+        s.advance_until(Probe::Wait(&w), deadline, &|| false),
+        Advance::Reached,
+        "{node} did not catch up"
+    );
+}
+
+/// A partition between topology nodes cuts the etcd peer links through the peer proxies:
+/// the two-member side keeps quorum, the isolated follower cannot write, and a heal brings it
+/// back. The harness's own client requests are not cut (the sim's `etcd.quorum` is a view of
+/// the whole cluster too).
+#[test]
+fn local_etcd_minority_partition_keeps_quorum_on_the_majority_and_heals() {
+    let _one_at_a_time = crate::support::exclusive();
+    if !have_fl("local_etcd_minority_partition") {
+        return;
+    }
+    let logs = tempfile::tempdir().unwrap();
+    let be = LocalBackend::new(&root()).with_logs_root(logs.path());
+    let mut s = etcd_session(&be);
+    let leader = s.etcd_leader().expect("a leader after stand-up");
+    let names: Vec<String> = s.etcd_members().into_iter().map(|(n, _)| n).collect();
+    let lone = names.iter().find(|n| **n != leader).unwrap().clone();
+    let rest: Vec<&str> = names
+        .iter()
+        .filter(|n| **n != lone)
+        .map(String::as_str)
+        .collect();
+    let d = s.inject(&partition(&[&lone], &rest)).unwrap();
+    assert!(d.contains("keeps a majority"), "{d}");
+    assert!(
+        d.contains(&format!("{} <-> {lone}", rest[0]))
+            || d.contains(&format!("{lone} <-> {}", rest[0])),
+        "{d}"
+    );
+    // The majority writes; the isolated member cannot (its put waits for a leader it cannot reach).
+    for n in &rest {
+        s.etcd_put_through(n)
+            .unwrap_or_else(|e| panic!("{n} on the majority side: {e}"));
+    }
+    let e = s.etcd_put_through(&lone).unwrap_err();
+    assert!(e.contains("no answer within"), "{e}");
+    match s.check(&harness::scenario::Assertion::EtcdQuorum(true)) {
+        harness::backend::Check::Pass(d) => {
+            assert!(d.contains(&format!("{lone} (cut off from")), "{d}");
+            assert!(d.contains("failed"), "{d}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // No election: the leader kept its majority.
+    assert!(
+        !s.observations()
+            .metrics
+            .contains_key("etcd_leader_election_ms")
+    );
+    let d = s.inject(&heal_all()).unwrap();
+    assert!(d.contains("flows again"), "{d}");
+    wait_ready(&mut s, &lone);
+    s.etcd_put_through(&lone)
+        .unwrap_or_else(|e| panic!("{lone} after the heal: {e}"));
+}
+
+/// Partitioning the leader away from both followers makes them elect a new leader; the
+/// election watch of a leader kill times it (`etcd_leader_election_ms`).
+#[test]
+fn local_etcd_partitioning_the_leader_triggers_an_election() {
+    let _one_at_a_time = crate::support::exclusive();
+    if !have_fl("local_etcd_leader_partition") {
+        return;
+    }
+    let logs = tempfile::tempdir().unwrap();
+    let be = LocalBackend::new(&root()).with_logs_root(logs.path());
+    let mut s = etcd_session(&be);
+    // A settled cluster (see SETTLE_MS): an idle wait returns once etcd is steady.
+    let w = Wait {
+        duration: Some(harness::duration::Duration::from_ms(3_000)),
+        ..Default::default()
+    };
+    let deadline = s.now_ms() + 3_000;
+    assert_eq!(
+        s.advance_until(Probe::Wait(&w), deadline, &|| false),
+        Advance::Reached
+    );
+    let leader = s.etcd_leader().expect("a leader after stand-up");
+    let names: Vec<String> = s.etcd_members().into_iter().map(|(n, _)| n).collect();
+    let rest: Vec<&str> = names
+        .iter()
+        .filter(|n| **n != leader)
+        .map(String::as_str)
+        .collect();
+    let d = s.inject(&partition(&[&leader], &rest)).unwrap();
+    assert!(d.contains("cut off from a majority"), "{d}");
+    let w = Wait {
+        duration: Some(harness::duration::Duration::from_ms(10_000)),
+        ..Default::default()
+    };
+    let deadline = s.now_ms() + 10_000;
+    assert_eq!(
+        s.advance_until(Probe::Wait(&w), deadline, &|| false),
+        Advance::Reached
+    );
+    let m = s.observations().metrics;
+    let detected = m["etcd_dead_member_detected_ms"];
+    let elected = m["etcd_leader_election_ms"];
+    eprintln!(
+        "leader {leader} partitioned: term rose after {detected} ms, new leader after {elected} ms"
+    );
+    assert!(detected <= elected, "{m:?}");
+    match s.check(&harness::scenario::Assertion::EtcdQuorum(true)) {
+        harness::backend::Check::Pass(d) => {
+            assert!(
+                d.contains(&format!("after the leader {leader} was partitioned")),
+                "{d}"
+            );
+            // The old leader, alone, cannot write.
+            assert!(d.contains(&format!("{leader} (cut off from")), "{d}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(s.etcd_put_through(&leader).is_err());
+    s.inject(&heal_all()).unwrap();
+    wait_ready(&mut s, &leader);
+    let new = s.etcd_leader().expect("a leader after the heal");
+    assert_ne!(
+        new, leader,
+        "pre-vote keeps the rejoining old leader from taking over"
+    );
+}
+
+/// `disk_full` of a member's node: its data dir is a tmpfs of its own fixed at what it holds.
+/// etcd 3.4 keeps committing small writes into its preallocated WAL segment and free bolt
+/// pages, and exits on the first write that needs new space; the others keep quorum.
+const ETCD_DISK_FULL: &str = "name: local-etcd-disk-full
+topology: mlworkbench-kvm
+timeout: 60s
+steps:
+  - wait: { cluster: ready, timeout: 20s }
+  - fault: { disk_full: { node: talos-k8s-2 } }
+  - assert:
+      - etcd.quorum: true
+";
+
+#[test]
+fn local_etcd_disk_full_reports_the_member_and_keeps_quorum() {
+    let _one_at_a_time = crate::support::exclusive();
+    if !have_fl("local_etcd_disk_full") {
+        return;
+    }
+    let (case, _logs) = run_one(ETCD_DISK_FULL);
+    let dump = serde_json::to_string_pretty(&case).unwrap();
+    if case.steps[1].status == Status::Skipped && !in_ci() {
+        eprintln!(
+            "\n*** SKIPPED local_etcd_disk_full: {} ***\n",
+            case.steps[1].detail
+        );
+        return;
+    }
+    assert_eq!(case.status, Status::Passed, "{dump}");
+    assert!(case.steps[1].detail.contains("fixed at"), "{dump}");
+    let q = &case.steps[2].assertions[0].detail;
+    assert!(q.contains("talos-k8s-2 (data volume full at"), "{dump}");
 }
