@@ -183,18 +183,8 @@ fn s3_server() -> Result<()> {
         println!("setup: moto_server    installed ({})", bin.display());
         return Ok(());
     }
-    let run = |cmd: &mut Command| -> Result<()> {
-        println!("setup: {cmd:?}");
-        let status = cmd
-            .status()
-            .with_context(|| format!("failed to run {cmd:?}"))?;
-        if !status.success() {
-            bail!("{cmd:?} failed with {status}");
-        }
-        Ok(())
-    };
-    run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
-    run(Command::new(venv.join("bin/pip")).args(["install", "-q", S3_SERVER_PIP]))?;
+    run_cmd(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    run_cmd(Command::new(venv.join("bin/pip")).args(["install", "-q", S3_SERVER_PIP]))?;
     if !bin.exists() {
         bail!(
             "pip installed {S3_SERVER_PIP} but {} is missing",
@@ -207,6 +197,18 @@ fn s3_server() -> Result<()> {
 
 /// A venv under `target/tools/flower` with [`FLOWER_PIP`]; idempotent (a venv whose flwr
 /// reports [`FLOWER_VERSION`] is left alone).
+/// Runs a setup command, echoing it; a failure names the command and its status.
+fn run_cmd(cmd: &mut Command) -> Result<()> {
+    println!("setup: {cmd:?}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("failed to run {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
 fn flower() -> Result<()> {
     let venv = crate::workspace_root().join("target/tools/flower");
     let python = venv.join("bin/python");
@@ -236,22 +238,14 @@ fn flower() -> Result<()> {
     if !has_venv {
         install(&[("python3-venv", "a venv for flwr (python3 -m venv)")])?;
     }
-    let run = |cmd: &mut Command| -> Result<()> {
-        println!("setup: {cmd:?}");
-        let status = cmd
-            .status()
-            .with_context(|| format!("failed to run {cmd:?}"))?;
-        if !status.success() {
-            bail!("{cmd:?} failed with {status}");
-        }
-        Ok(())
-    };
     if !python.exists() {
-        run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+        run_cmd(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
     }
-    run(Command::new(venv.join("bin/pip"))
-        .args(["install", "-q"])
-        .args(FLOWER_PIP))?;
+    run_cmd(
+        Command::new(venv.join("bin/pip"))
+            .args(["install", "-q"])
+            .args(FLOWER_PIP),
+    )?;
     match version(&python) {
         Some(v) if v == FLOWER_VERSION => {
             println!(

@@ -38,6 +38,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use fl_core::strategy::{Limits, Params, build_strategy};
 use fl_core::{ModelView, Update};
 
+use super::collect_file;
 use super::supervisor::{self, Spec, Supervisor};
 use crate::backend::{
     Advance, Check, Observations, Probe, Session, StopCheck, check_fl_accuracy,
@@ -1380,26 +1381,9 @@ impl Session for FlowerSession {
                         }
                     }
                 }
-                Collect::Metrics => {
+                Collect::Metrics | Collect::Trace | Collect::Events => {
                     let m = self.observations().metrics;
-                    let to = dir.join("metrics.json");
-                    std::fs::write(&to, serde_json::to_string_pretty(&m).unwrap_or_default())
-                        .map_err(|e| format!("failed to write {}: {e}", to.display()))?;
-                    files.push("metrics.json".into());
-                }
-                Collect::Trace | Collect::Events => {
-                    let mut s = String::new();
-                    for m in &self.markers {
-                        s.push_str(&format!("{} {}\n", m.at_ms, m.label));
-                    }
-                    let name = if matches!(c, Collect::Trace) {
-                        "trace.txt"
-                    } else {
-                        "events.txt"
-                    };
-                    std::fs::write(dir.join(name), s)
-                        .map_err(|e| format!("failed to write {name}: {e}"))?;
-                    files.push(name.into());
+                    files.push(collect_file(*c, &m, &self.markers, dir)?.into());
                 }
             }
         }

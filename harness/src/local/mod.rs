@@ -1009,6 +1009,37 @@ impl LocalSession {
     }
 }
 
+/// What `collect: [metrics]` and `collect: [trace|events]` write on the local backend's
+/// sessions (the `fl` job's and the Flower job's alike): the file name written.
+pub(crate) fn collect_file(
+    c: Collect,
+    metrics: &BTreeMap<String, f64>,
+    markers: &[Marker],
+    dir: &Path,
+) -> Result<&'static str, String> {
+    let (name, text) = match c {
+        Collect::Metrics => (
+            "metrics.json",
+            serde_json::to_string_pretty(metrics).unwrap_or_default(),
+        ),
+        Collect::Trace | Collect::Events => (
+            if matches!(c, Collect::Trace) {
+                "trace.txt"
+            } else {
+                "events.txt"
+            },
+            markers
+                .iter()
+                .map(|m| format!("{} {}\n", m.at_ms, m.label))
+                .collect(),
+        ),
+        Collect::Logs => return Err("logs are copied by the session".into()),
+    };
+    let to = dir.join(name);
+    std::fs::write(&to, text).map_err(|e| format!("failed to write {}: {e}", to.display()))?;
+    Ok(name)
+}
+
 /// A straggler: SIGSTOP for `stop_ms`, SIGCONT for `run_ms`, until `stop` is set.
 fn duty_cycle(pid: u32, run_ms: u64, stop_ms: u64, stop: &AtomicBool) {
     // At most one day of cycles; a case never lasts that long.
@@ -1454,27 +1485,9 @@ impl Session for LocalSession {
                         files.push(format!("{name}.log"));
                     }
                 }
-                Collect::Metrics => {
+                Collect::Metrics | Collect::Trace | Collect::Events => {
                     let m = self.observations().metrics;
-                    let to = dir.join("metrics.json");
-                    std::fs::write(&to, serde_json::to_string_pretty(&m).unwrap_or_default())
-                        .map_err(|e| format!("failed to write {}: {e}", to.display()))?;
-                    files.push("metrics.json".into());
-                }
-                Collect::Trace | Collect::Events => {
-                    let mut s = String::new();
-                    for m in &self.markers {
-                        s.push_str(&format!("{} {}\n", m.at_ms, m.label));
-                    }
-                    let name = if matches!(c, Collect::Trace) {
-                        "trace.txt"
-                    } else {
-                        "events.txt"
-                    };
-                    let to = dir.join(name);
-                    std::fs::write(&to, s)
-                        .map_err(|e| format!("failed to write {}: {e}", to.display()))?;
-                    files.push(name.into());
+                    files.push(collect_file(*c, &m, &self.markers, dir)?.into());
                 }
             }
         }

@@ -328,8 +328,41 @@ pub fn pid_alive(pid: u32) -> bool {
     unsafe { libc::kill(pid, 0) == 0 }
 }
 
-/// A free TCP port on 127.0.0.1 (bound, then released for the process to take).
+/// Ports handed out to processes this harness starts are taken from below the kernel's
+/// ephemeral range (`net.ipv4.ip_local_port_range`, Linux default 32768-60999): a port the
+/// kernel picks for an outgoing connection or a `:0` bind (our proxies, every client socket)
+/// can then never land on a port handed out but not yet bound by its server. Seen before this:
+/// an etcd member failing with `bind: address already in use`.
+const PORT_RANGE_START: u16 = 20_000;
+
+/// A free TCP port on 127.0.0.1 for a process to listen on: below the ephemeral range, not
+/// handed out before by this harness process, and bindable right now (bound, then released
+/// for the process to take).
 pub fn free_port() -> std::io::Result<u16> {
+    use std::sync::Mutex;
+    static NEXT: Mutex<Option<u16>> = Mutex::new(None);
+    let end = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse::<u16>().ok())
+        .filter(|low| *low > PORT_RANGE_START + 1_000)
+        .unwrap_or(32_768);
+    let span = end - PORT_RANGE_START;
+    let mut next = NEXT.lock().unwrap_or_else(|e| e.into_inner());
+    // Start where this process's id points, so two harness processes rarely walk together.
+    let mut p = next.unwrap_or(PORT_RANGE_START + (std::process::id() % u32::from(span)) as u16);
+    for _ in 0..span {
+        p = if p + 1 >= end {
+            PORT_RANGE_START
+        } else {
+            p + 1
+        };
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", p)) {
+            drop(l);
+            *next = Some(p);
+            return Ok(p);
+        }
+    }
+    // Everything below the ephemeral range is taken: fall back to the kernel's choice.
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())

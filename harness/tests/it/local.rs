@@ -245,22 +245,8 @@ fn local_etcd_keeps_quorum_with_one_member_killed_loses_it_with_two_and_a_restor
     if !have_fl("local_etcd_quorum") {
         return;
     }
-    let logs = tempfile::tempdir().unwrap();
-    let be = LocalBackend::new(&root()).with_logs_root(logs.path());
-    let opts = RunOptions {
-        jobs: 1,
-        timeout_ms: None,
-        artifacts_dir: None,
-        root: root(),
-    };
-    let r = run_cases(
-        &be,
-        &cases_of(ETCD_QUORUM),
-        &opts,
-        &Silent,
-        &AtomicBool::new(false),
-    );
-    let case = &r[0];
+    let (case, logs) = run_one(ETCD_QUORUM);
+    let case = &case;
     let dump = serde_json::to_string_pretty(case).unwrap();
     assert_eq!(case.status, Status::Passed, "{dump}");
     // Every step ran: none skipped, each assertion checked for real.
@@ -423,22 +409,8 @@ fn local_etcd_member_loss_keeps_the_member_out() {
     if !have_fl("local_etcd_member_loss") {
         return;
     }
-    let logs = tempfile::tempdir().unwrap();
-    let be = LocalBackend::new(&root()).with_logs_root(logs.path());
-    let opts = RunOptions {
-        jobs: 1,
-        timeout_ms: None,
-        artifacts_dir: None,
-        root: root(),
-    };
-    let r = run_cases(
-        &be,
-        &cases_of(ETCD_MEMBER_LOSS),
-        &opts,
-        &Silent,
-        &AtomicBool::new(false),
-    );
-    let case = &r[0];
+    let (case, _logs) = run_one(ETCD_MEMBER_LOSS);
+    let case = &case;
     let dump = serde_json::to_string_pretty(case).unwrap();
     assert_eq!(case.status, Status::Passed, "{dump}");
     assert!(case.steps[1].detail.contains("data dir deleted"), "{dump}");
@@ -480,22 +452,8 @@ fn a_partitioned_worker_misses_rounds_and_the_rounds_live_in_postgres_and_s3() {
     if !have_fl("a_partitioned_worker_misses_rounds") {
         return;
     }
-    let logs = tempfile::tempdir().unwrap();
-    let be = LocalBackend::new(&root()).with_logs_root(logs.path());
-    let opts = RunOptions {
-        jobs: 1,
-        timeout_ms: None,
-        artifacts_dir: None,
-        root: root(),
-    };
-    let r = run_cases(
-        &be,
-        &cases_of(PARTITIONED),
-        &opts,
-        &Silent,
-        &AtomicBool::new(false),
-    );
-    let case = &r[0];
+    let (case, _logs) = run_one(PARTITIONED);
+    let case = &case;
     let dump = serde_json::to_string_pretty(case).unwrap();
     assert_eq!(case.status, Status::Passed, "{dump}");
     for st in &case.steps {
