@@ -64,6 +64,8 @@ const LOCAL_RUNS: u64 = 5;
 /// The FL case whose stand-up and round time are measured (10 clients).
 const LOCAL_FL_SCENARIO: &str = "scenarios/fl-fedavg-matches-offline-recompute.yaml";
 const LOCAL_FL_FILTER: &str = "clients=10";
+/// The etcd case whose stand-up and leader election are measured (3 members).
+const LOCAL_ETCD_SCENARIO: &str = "scenarios/mlworkbench-cp-loss-keeps-quorum.yaml";
 
 fn median(mut v: Vec<f64>) -> Option<f64> {
     if v.is_empty() {
@@ -112,14 +114,49 @@ fn bench_local(root: &Path, target: &Path) -> Result<()> {
             .filter_map(|c| c.metrics.get(m).copied())
             .collect()
     };
+    eprintln!("== local backend: {LOCAL_RUNS} runs of {LOCAL_ETCD_SCENARIO}");
+    let etcd = e2e_local(root, &[LOCAL_ETCD_SCENARIO], &[], &seeds)?;
     let mut rows = Vec::new();
     let stack = median(metric(&fl, "local_stack_up_ms"));
+    let etcd_up = median(metric(&etcd, "local_etcd_standup_ms"));
     rows.push(serde_json::json!({
-        "case": format!("local stack stand-up: PostgreSQL, S3, coordinator, 10 workers (median of {LOCAL_RUNS})"),
-        "value": stack,
+        "case": format!(
+            "local stack stand-up: etcd x3 ({} ms) + PostgreSQL, S3, coordinator, 10 workers ({} ms), medians of {LOCAL_RUNS}",
+            etcd_up.map_or("-".into(), |v| format!("{v:.0}")),
+            stack.map_or("-".into(), |v| format!("{v:.0}"))
+        ),
+        "value": match (etcd_up, stack) { (Some(a), Some(b)) => Some(a + b), _ => None },
         "unit": "ms",
         "targets": [{"metric": "value", "op": "<=", "value": LOCAL_STACK_TARGET_MS}],
     }));
+    // Election after a leader kill: only the seeds whose kill hit the leader measure one.
+    let sim_of = |r: &harness::e2e::E2eResult, q: &str| -> Vec<f64> {
+        r.run
+            .comparison
+            .iter()
+            .flat_map(|c| &c.cases)
+            .flat_map(|c| &c.rows)
+            .filter(|row| row.quantity.contains(q))
+            .filter_map(|row| row.sim.trim_end_matches(" ms").parse().ok())
+            .collect()
+    };
+    let (real_el, sim_el) = (
+        metric(&etcd, "etcd_leader_election_ms"),
+        sim_of(&etcd, "etcd_leader_election_ms"),
+    );
+    if let (Some(r), Some(s)) = (median(real_el.clone()), median(sim_el.clone())) {
+        let pct = (r - s).abs() / r.max(s).max(1.0) * 100.0;
+        rows.push(serde_json::json!({
+            "case": format!(
+                "etcd election after a leader kill, real (median of {} of {LOCAL_RUNS} runs that killed the leader); sim {s:.0} ms (median of {}): {pct:.0}% apart{}",
+                real_el.len(), sim_el.len(),
+                if pct > 20.0 { " (DIFFERENCE beyond 20%)" } else { "" }
+            ),
+            "value": r,
+            "unit": "ms",
+            "targets": [],
+        }));
+    }
     // Sim vs real medians, from each run's comparison.
     let sim_cases: Vec<f64> = fl
         .run
