@@ -176,6 +176,17 @@ pub struct Track {
 }
 
 impl Track {
+    /// Pushes `state` at `at_ms` onto the track called `name` in `tracks`, made if new.
+    pub fn record(tracks: &mut BTreeMap<String, Track>, name: &str, at_ms: u64, state: &str) {
+        tracks
+            .entry(name.to_string())
+            .or_insert_with(|| Track {
+                name: name.to_string(),
+                states: Vec::new(),
+            })
+            .push(at_ms, state);
+    }
+
     /// Appends a state if it differs from the last one.
     pub fn push(&mut self, at_ms: u64, state: &str) {
         if self.states.last().is_none_or(|(_, s)| s != state) {

@@ -505,13 +505,7 @@ impl FlowerSession {
 
     fn track(&mut self, name: &str, state: &str) {
         let now = self.now_ms();
-        self.tracks
-            .entry(name.to_string())
-            .or_insert_with(|| Track {
-                name: name.to_string(),
-                states: Vec::new(),
-            })
-            .push(now, state);
+        Track::record(&mut self.tracks, name, now, state);
     }
 
     fn mark(&mut self, label: String) {
