@@ -68,6 +68,8 @@ pub struct E2eResult {
     pub dir: PathBuf,
     pub files: Vec<PathBuf>,
     pub saved_baseline: Option<PathBuf>,
+    /// The same cases on `sim`, when the run was on a real backend (the comparison's source).
+    pub sim_cases: Vec<crate::outcome::CaseReport>,
 }
 
 impl E2eResult {
@@ -148,6 +150,7 @@ pub fn run(opts: &E2eOptions, cancel: &AtomicBool) -> Result<E2eResult, E2eError
     );
     let reports = runner::run_cases(be.as_ref(), &cases, &ropts, progress.as_ref(), cancel);
     drop(progress);
+    let mut sim_cases = Vec::new();
     let comparison = if opts.compare_with_sim && be.name() != "sim" {
         // The same cases, seeds and matrix on the simulator: virtual time, seconds in all.
         let sim = backend::by_name("sim", &opts.root).map_err(E2eError::Backend)?;
@@ -159,10 +162,10 @@ pub fn run(opts: &E2eOptions, cancel: &AtomicBool) -> Result<E2eResult, E2eError
             "e2e: running the {} case(s) on `sim` too, for the sim-vs-real table",
             cases.len()
         );
-        let sim_reports = runner::run_cases(sim.as_ref(), &cases, &sopts, &runner::Silent, cancel);
+        sim_cases = runner::run_cases(sim.as_ref(), &cases, &sopts, &runner::Silent, cancel);
         Some(crate::compare::compare(
             be.name(),
-            &sim_reports,
+            &sim_cases,
             &reports,
             crate::compare::DEFAULT_TOLERANCE_PCT,
         ))
@@ -204,6 +207,7 @@ pub fn run(opts: &E2eOptions, cancel: &AtomicBool) -> Result<E2eResult, E2eError
         dir,
         files,
         saved_baseline,
+        sim_cases,
     })
 }
 

@@ -25,6 +25,12 @@ pub mod sim;
 pub mod suite;
 pub mod validate;
 
+/// True under CI (`CI` set to anything but empty, `false` or `0`): progress prints lines, and a
+/// real backend's missing engine is an error instead of a fallback.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
+}
+
 /// The JSON Schema of the scenario format, pretty-printed (published as
 /// `scenarios/scenario.schema.json`).
 pub fn scenario_schema_json() -> String {

@@ -16,8 +16,7 @@ use crate::runner::Progress;
 
 /// Picks bars on an interactive terminal outside CI, plain lines elsewhere.
 pub fn auto(total: usize) -> Box<dyn Progress> {
-    let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
-    if !ci && std::io::stderr().is_terminal() {
+    if !crate::in_ci() && std::io::stderr().is_terminal() {
         Box::new(Bars::new(total))
     } else {
         Box::new(Lines::new(total))

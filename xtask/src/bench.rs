@@ -107,9 +107,9 @@ fn bench_local(root: &Path, target: &Path) -> Result<()> {
     eprintln!("== local backend: {LOCAL_RUNS} runs of {LOCAL_FL_SCENARIO} [{LOCAL_FL_FILTER}]");
     let seeds: Vec<u64> = (1..=LOCAL_RUNS).collect();
     let fl = e2e_local(root, &[LOCAL_FL_SCENARIO], &[LOCAL_FL_FILTER], &seeds)?;
-    let metric = |r: &harness::e2e::E2eResult, m: &str| -> Vec<f64> {
-        r.run
-            .cases
+    // A metric of every case, on the real side or on its sim twin.
+    let metric = |cases: &[harness::outcome::CaseReport], m: &str| -> Vec<f64> {
+        cases
             .iter()
             .filter_map(|c| c.metrics.get(m).copied())
             .collect()
@@ -117,8 +117,8 @@ fn bench_local(root: &Path, target: &Path) -> Result<()> {
     eprintln!("== local backend: {LOCAL_RUNS} runs of {LOCAL_ETCD_SCENARIO}");
     let etcd = e2e_local(root, &[LOCAL_ETCD_SCENARIO], &[], &seeds)?;
     let mut rows = Vec::new();
-    let stack = median(metric(&fl, "local_stack_up_ms"));
-    let etcd_up = median(metric(&etcd, "local_etcd_standup_ms"));
+    let stack = median(metric(&fl.run.cases, "local_stack_up_ms"));
+    let etcd_up = median(metric(&etcd.run.cases, "local_etcd_standup_ms"));
     rows.push(serde_json::json!({
         "case": format!(
             "local stack stand-up: etcd x3 ({} ms) + PostgreSQL, S3, coordinator, 10 workers ({} ms), medians of {LOCAL_RUNS}",
@@ -130,19 +130,9 @@ fn bench_local(root: &Path, target: &Path) -> Result<()> {
         "targets": [{"metric": "value", "op": "<=", "value": LOCAL_STACK_TARGET_MS}],
     }));
     // Election after a leader kill: only the seeds whose kill hit the leader measure one.
-    let sim_of = |r: &harness::e2e::E2eResult, q: &str| -> Vec<f64> {
-        r.run
-            .comparison
-            .iter()
-            .flat_map(|c| &c.cases)
-            .flat_map(|c| &c.rows)
-            .filter(|row| row.quantity.contains(q))
-            .filter_map(|row| row.sim.trim_end_matches(" ms").parse().ok())
-            .collect()
-    };
     let (real_el, sim_el) = (
-        metric(&etcd, "etcd_leader_election_ms"),
-        sim_of(&etcd, "etcd_leader_election_ms"),
+        metric(&etcd.run.cases, "etcd_leader_election_ms"),
+        metric(&etcd.sim_cases, "etcd_leader_election_ms"),
     );
     if let (Some(r), Some(s)) = (median(real_el.clone()), median(sim_el.clone())) {
         let pct = (r - s).abs() / r.max(s).max(1.0) * 100.0;
@@ -157,17 +147,10 @@ fn bench_local(root: &Path, target: &Path) -> Result<()> {
             "targets": [],
         }));
     }
-    // Sim vs real medians, from each run's comparison.
-    let sim_cases: Vec<f64> = fl
-        .run
-        .comparison
-        .iter()
-        .flat_map(|c| &c.cases)
-        .flat_map(|c| &c.rows)
-        .filter(|r| r.quantity.contains("fl_round_p50_ms"))
-        .filter_map(|r| r.sim.trim_end_matches(" ms").parse().ok())
-        .collect();
-    let (real_round, sim_round) = (median(metric(&fl, "fl_round_p50_ms")), median(sim_cases));
+    let (real_round, sim_round) = (
+        median(metric(&fl.run.cases, "fl_round_p50_ms")),
+        median(metric(&fl.sim_cases, "fl_round_p50_ms")),
+    );
     if let (Some(r), Some(s)) = (real_round, sim_round) {
         let pct = (r - s).abs() / r.max(s).max(1.0) * 100.0;
         rows.push(serde_json::json!({

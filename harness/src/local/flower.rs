@@ -33,13 +33,13 @@ use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use fl_core::strategy::{Limits, Params, build_strategy};
 use fl_core::{ModelView, Update};
 
-use super::collect_file;
 use super::supervisor::{self, Spec, Supervisor};
+use super::{collect_file, epoch_ms};
 use crate::backend::{
     Advance, Check, Observations, Probe, Session, StopCheck, check_fl_accuracy,
     check_fl_round_latency, percentile,
@@ -78,13 +78,6 @@ const DEFAULT_ROUND_TIMEOUT_S: f64 = 600.0;
 /// a bit-exact comparison is not the target; it is applied to every strategy.
 const REL_TOL: f64 = 1e-6;
 const LAYER_TOL: f64 = 1e-6;
-
-fn epoch_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 /// The capture's `manifest.json` (format `fl-harness/flower-capture/v1`).
 #[derive(Debug, Clone, serde::Deserialize)]

@@ -18,7 +18,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use super::epoch_ms;
 
 /// Largest the coordinator's tmpfs grows before `disk_full` (pages are allocated on write).
 pub const TMPFS_SIZE: &str = "4g";
@@ -125,13 +127,6 @@ pub struct ClockDriver {
     skew_ms: Arc<AtomicI64>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
-}
-
-fn epoch_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 fn write_clock(path: &Path, skew: i64, writer: &str) -> std::io::Result<()> {

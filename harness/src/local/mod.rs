@@ -251,7 +251,8 @@ impl Backend for LocalBackend {
     }
 }
 
-fn epoch_ms() -> u64 {
+/// The wall clock in ms since the Unix epoch (the coordinator's and Flower's time base).
+pub(crate) fn epoch_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -870,11 +871,6 @@ impl LocalSession {
     }
 }
 
-/// The FL endpoint a `partition`/`link` group names, if it names one.
-fn net_endpoint(name: &str) -> Option<FlEndpoint> {
-    FlEndpoint::parse(name)
-}
-
 impl LocalSession {
     /// The client links a fault between groups `a` and `b` touches: a worker talks only to the
     /// coordinator, so only coordinator <-> client pairs are links.
@@ -884,7 +880,7 @@ impl LocalSession {
             let mut coord = false;
             let mut ids = BTreeSet::new();
             for n in names {
-                match net_endpoint(n) {
+                match FlEndpoint::parse(n) {
                     Some(FlEndpoint::Coordinator) => coord = true,
                     Some(FlEndpoint::AllClients) => ids.extend(0..clients),
                     Some(FlEndpoint::Client(i)) if i < clients => {

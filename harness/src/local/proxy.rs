@@ -336,14 +336,14 @@ fn accept_loop(sh: &Arc<Shared>, listener: &TcpListener) {
             break;
         }
         let Ok(client) = conn else { continue };
-        let open = sh.sockets.lock().map(|v| v.len()).unwrap_or(0);
-        if open >= MAX_CONNECTIONS * 2 {
-            // Forget sockets of finished connections before refusing.
-            if let Ok(mut v) = sh.sockets.lock() {
+        // Two sockets a connection; forget those of finished connections before refusing.
+        let full = sh.sockets.lock().is_ok_and(|mut v| {
+            if v.len() >= MAX_CONNECTIONS * 2 {
                 v.retain(|s| s.peer_addr().is_ok());
             }
-        }
-        if sh.sockets.lock().map(|v| v.len()).unwrap_or(0) >= MAX_CONNECTIONS * 2 {
+            v.len() >= MAX_CONNECTIONS * 2
+        });
+        if full {
             let _ = client.shutdown(Shutdown::Both);
             continue;
         }

@@ -58,7 +58,7 @@ impl Need {
             ),
             Err(_) => {}
         }
-        if std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0") {
+        if crate::in_ci() {
             Self::Required
         } else {
             Self::Auto

@@ -16,9 +16,7 @@ pub fn root() -> PathBuf {
 }
 
 /// True under CI (`CI=true`): a missing tool fails the test there instead of skipping it.
-pub fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
-}
+pub use harness::in_ci;
 
 /// A missing external tool: fail in CI, skip loudly elsewhere. Returns true when skipping.
 pub fn missing_tool(test: &str, tool: &str, how: &str) -> bool {
