@@ -241,14 +241,10 @@ steps:
 #[test]
 fn local_etcd_keeps_quorum_with_one_member_killed_loses_it_with_two_and_a_restored_member_rejoins()
 {
-    let _one_at_a_time = crate::support::exclusive();
-    if !have_fl("local_etcd_quorum") {
+    let Some((case, dump, logs)) = run_passing("local_etcd_quorum", ETCD_QUORUM) else {
         return;
-    }
-    let (case, logs) = run_one(ETCD_QUORUM);
+    };
     let case = &case;
-    let dump = serde_json::to_string_pretty(case).unwrap();
-    assert_eq!(case.status, Status::Passed, "{dump}");
     // Every step ran: none skipped, each assertion checked for real.
     for s in &case.steps {
         assert_eq!(s.status, Status::Passed, "{}: {dump}", s.description);
@@ -405,14 +401,10 @@ steps:
 
 #[test]
 fn local_etcd_member_loss_keeps_the_member_out() {
-    let _one_at_a_time = crate::support::exclusive();
-    if !have_fl("local_etcd_member_loss") {
+    let Some((case, dump, _logs)) = run_passing("local_etcd_member_loss", ETCD_MEMBER_LOSS) else {
         return;
-    }
-    let (case, _logs) = run_one(ETCD_MEMBER_LOSS);
+    };
     let case = &case;
-    let dump = serde_json::to_string_pretty(case).unwrap();
-    assert_eq!(case.status, Status::Passed, "{dump}");
     assert!(case.steps[1].detail.contains("data dir deleted"), "{dump}");
     assert!(case.steps[4].detail.contains("stays out"), "{dump}");
     assert!(
@@ -448,14 +440,11 @@ steps:
 
 #[test]
 fn a_partitioned_worker_misses_rounds_and_the_rounds_live_in_postgres_and_s3() {
-    let _one_at_a_time = crate::support::exclusive();
-    if !have_fl("a_partitioned_worker_misses_rounds") {
+    let Some((case, dump, _logs)) = run_passing("a_partitioned_worker_misses_rounds", PARTITIONED)
+    else {
         return;
-    }
-    let (case, _logs) = run_one(PARTITIONED);
+    };
     let case = &case;
-    let dump = serde_json::to_string_pretty(case).unwrap();
-    assert_eq!(case.status, Status::Passed, "{dump}");
     for st in &case.steps {
         assert_ne!(st.status, Status::Skipped, "{}: {dump}", st.description);
     }
@@ -531,6 +520,24 @@ steps:
       - fl.clients_aggregated: { round: 1, at_least: 2, at_most: 2 }
 ";
 
+/// Runs the scenario's one case alone (the process lock held) and asserts it passed; `None`
+/// when the `fl` binary or etcd is missing (skipped loudly, a failure under CI). Also returns
+/// the case as JSON for failure messages and the folder its process logs are under.
+fn run_passing(
+    test: &str,
+    text: &str,
+) -> Option<(harness::outcome::CaseReport, String, tempfile::TempDir)> {
+    if !have_fl(test) {
+        return None;
+    }
+    let _one_at_a_time = crate::support::exclusive();
+    let (case, logs) = run_one(text);
+    let dump = serde_json::to_string_pretty(&case).unwrap();
+    assert_eq!(case.status, Status::Passed, "{dump}");
+    Some((case, dump, logs))
+}
+
+/// Runs the scenario's one case; also returns the folder its process logs are under.
 fn run_one(text: &str) -> (harness::outcome::CaseReport, tempfile::TempDir) {
     let logs = tempfile::tempdir().unwrap();
     let be = LocalBackend::new(&root()).with_logs_root(logs.path());
