@@ -782,12 +782,23 @@ impl FlowerSession {
                 "waiting on Flower needs a running job (`fl.start` first)".into(),
             );
         }
+        self.poll_loop(deadline_ms, stop, |s| s.poll().is_some_and(&pred))
+    }
+
+    /// Every [`POLL_MS`] until `reached`, the deadline, `stop`, or a Flower process that
+    /// exited by itself.
+    fn poll_loop(
+        &mut self,
+        deadline_ms: u64,
+        stop: StopCheck<'_>,
+        mut reached: impl FnMut(&mut Self) -> bool,
+    ) -> Advance {
         let budget = deadline_ms.saturating_sub(self.now_ms());
         for _ in 0..budget / POLL_MS + 2 {
             if stop() {
                 return Advance::Stopped;
             }
-            if self.poll().is_some_and(&pred) {
+            if reached(self) {
                 return Advance::Reached;
             }
             if let Some(c) = self.crashed() {
@@ -1131,25 +1142,9 @@ impl Session for FlowerSession {
             }
             Probe::Wait(_) => Advance::Halted("a Flower job cannot wait for this".into()),
             Probe::Trigger(t) => self.trigger(t, deadline_ms, stop),
-            Probe::Assertion(a) => {
-                let budget = deadline_ms.saturating_sub(self.now_ms());
-                for _ in 0..budget / POLL_MS + 2 {
-                    if stop() {
-                        return Advance::Stopped;
-                    }
-                    if let Check::Pass(_) = self.check_fl(a) {
-                        return Advance::Reached;
-                    }
-                    if let Some(c) = self.crashed() {
-                        return Advance::Halted(c);
-                    }
-                    if self.now_ms() >= deadline_ms {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(POLL_MS));
-                }
-                Advance::DeadlinePassed(self.state_text())
-            }
+            Probe::Assertion(a) => self.poll_loop(deadline_ms, stop, |s| {
+                matches!(s.check_fl(a), Check::Pass(_))
+            }),
         }
     }
 

@@ -465,6 +465,18 @@ impl LocalSession {
         stop: StopCheck<'_>,
         pred: impl Fn(&RoundsView) -> bool,
     ) -> Advance {
+        // A killed coordinator does not answer: keep the last view and wait.
+        self.poll_loop(deadline_ms, stop, |s| s.poll().is_ok_and(&pred))
+    }
+
+    /// Every [`POLL_MS`] until `reached`, the deadline, `stop`, or a coordinator that exited by
+    /// itself.
+    fn poll_loop(
+        &mut self,
+        deadline_ms: u64,
+        stop: StopCheck<'_>,
+        mut reached: impl FnMut(&mut Self) -> bool,
+    ) -> Advance {
         let budget = deadline_ms.saturating_sub(self.now_ms());
         for _ in 0..budget / POLL_MS + 2 {
             if stop() {
@@ -473,10 +485,7 @@ impl LocalSession {
             if let Some(c) = self.crashed() {
                 return Advance::Halted(c);
             }
-            // A killed coordinator does not answer: keep the last view and wait.
-            if let Ok(v) = self.poll()
-                && pred(v)
-            {
+            if reached(self) {
                 return Advance::Reached;
             }
             if self.now_ms() >= deadline_ms {
@@ -1228,22 +1237,9 @@ impl Session for LocalSession {
                 Advance::Halted("the local backend cannot wait for this".into())
             }),
             Probe::Trigger(t) => self.trigger(t, deadline_ms, stop),
-            Probe::Assertion(a) => {
-                let budget = deadline_ms.saturating_sub(self.now_ms());
-                for _ in 0..budget / POLL_MS + 2 {
-                    if stop() {
-                        return Advance::Stopped;
-                    }
-                    if let Check::Pass(_) = self.check_fl(a) {
-                        return Advance::Reached;
-                    }
-                    if self.now_ms() >= deadline_ms {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(POLL_MS));
-                }
-                Advance::DeadlinePassed(self.state_text())
-            }
+            Probe::Assertion(a) => self.poll_loop(deadline_ms, stop, |s| {
+                matches!(s.check_fl(a), Check::Pass(_))
+            }),
         }
     }
 
