@@ -97,15 +97,9 @@ pub fn linear_block(
     }
 }
 
-/// acc[j] = (((acc[j] + c0 x0[j]) + c1 x1[j]) + c2 x2[j]) + c3 x3[j] for f32 sources.
-fn axpy4_f32(acc: &mut [f64], xs: [&[u8]; 4], cs: [f64; 4]) {
-    super::coordwise::dispatch!(axpy4_f32_generic, axpy4_f32_avx2, (acc, xs, cs))
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn axpy4_f32_avx2(acc: &mut [f64], xs: [&[u8]; 4], cs: [f64; 4]) {
-    axpy4_f32_generic(acc, xs, cs)
+super::coordwise::simd_fn! {
+    /// acc[j] = (((acc[j] + c0 x0[j]) + c1 x1[j]) + c2 x2[j]) + c3 x3[j] for f32 sources.
+    fn axpy4_f32(acc: &mut [f64], xs: [&[u8]; 4], cs: [f64; 4]) = axpy4_f32_generic;
 }
 
 #[inline(always)]

@@ -7,7 +7,7 @@
 
 use rayon::prelude::*;
 
-use super::coordwise::dispatch;
+use super::coordwise::simd_fn;
 use super::coordwise::{MedianNet, NET_MAX_CLIENTS, median_block, trimmed_block};
 use super::fedopt::MeanPlan;
 use super::kernel::{gather_block, load_row, par_fill_with};
@@ -696,16 +696,10 @@ pub fn krum_scores(
     }
 }
 
-/// Adds to `lanes[p]` (pairs (a, b), a < b, in order) the squared differences of rows a and b
-/// (`rows[k * DIST_SUB..][..len]`), coordinate j into lane j % 8, in coordinate order.
-fn pair_lanes(rows: &[f64], n: usize, len: usize, lanes: &mut [[f64; 8]]) {
-    dispatch!(pair_lanes_generic, pair_lanes_avx2, (rows, n, len, lanes))
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn pair_lanes_avx2(rows: &[f64], n: usize, len: usize, lanes: &mut [[f64; 8]]) {
-    pair_lanes_generic(rows, n, len, lanes)
+simd_fn! {
+    /// Adds to `lanes[p]` (pairs (a, b), a < b, in order) the squared differences of rows a and b
+    /// (`rows[k * DIST_SUB..][..len]`), coordinate j into lane j % 8, in coordinate order.
+    fn pair_lanes(rows: &[f64], n: usize, len: usize, lanes: &mut [[f64; 8]]) = pair_lanes_generic;
 }
 
 /// Pairs handled together: each loaded chunk of row a serves this many rows b, and the
@@ -741,39 +735,33 @@ fn pair_lanes_generic(rows: &[f64], n: usize, len: usize, lanes: &mut [[f64; 8]]
     }
 }
 
-/// Row `ra` against the `T` rows `rb`: lanes 0-3 and 4-7 of each pair as separate 4-wide
-/// accumulators (one AVX2 register each), the remainder (< 8 coordinates) one by one.
+/// Row `ra` against the `T` rows `rb`: one 8-lane accumulator per pair (one AVX-512 register,
+/// two AVX2 ones), lane l summing coordinates j = l (mod 8) in order; the remainder
+/// (< 8 coordinates) one by one.
 #[inline(always)]
 fn pair_tile<const T: usize>(ra: &[f64], rb: [&[f64]; T], lanes: &mut [[f64; 8]]) {
-    let len = ra.len();
-    let full = len / 8 * 8;
-    let mut lo = [[0.0f64; 4]; T];
-    let mut hi = [[0.0f64; 4]; T];
+    let (xa, rest) = ra.as_chunks::<8>();
+    let full = xa.len() * 8;
+    let yb: [&[[f64; 8]]; T] = rb.map(|r| &r.as_chunks::<8>().0[..xa.len()]);
+    let mut acc = [[0.0f64; 8]; T];
     for q in 0..T {
-        lo[q].copy_from_slice(&lanes[q][..4]);
-        hi[q].copy_from_slice(&lanes[q][4..]);
+        acc[q] = lanes[q];
     }
-    for (i, x) in ra[..full].chunks_exact(8).enumerate() {
-        let j = i * 8;
+    for (i, x) in xa.iter().enumerate() {
         for q in 0..T {
-            let y = &rb[q][j..j + 8];
-            for l in 0..4 {
+            let y = &yb[q][i];
+            for l in 0..8 {
                 let d = x[l] - y[l];
-                lo[q][l] += d * d;
-            }
-            for l in 0..4 {
-                let d = x[4 + l] - y[4 + l];
-                hi[q][l] += d * d;
+                acc[q][l] += d * d;
             }
         }
     }
     for q in 0..T {
-        lanes[q][..4].copy_from_slice(&lo[q]);
-        lanes[q][4..].copy_from_slice(&hi[q]);
-        for j in full..len {
-            let d = ra[j] - rb[q][j];
-            lanes[q][j - full] += d * d;
+        for (j, xv) in rest.iter().enumerate() {
+            let d = xv - rb[q][full + j];
+            acc[q][j] += d * d;
         }
+        lanes[q] = acc[q];
     }
 }
 
