@@ -11,14 +11,14 @@
 //!   quotient of two f32 to f32 is the correctly rounded f32 result (53 >= 2 * 24 + 2).
 //!
 //! Kernels are written for the autovectoriser (fixed-size lane arrays); on x86_64 CPUs with
-//! AVX2 the same code runs compiled for AVX2 (detected at run time). No fused multiply-add
+//! AVX2 or AVX-512 the same code runs compiled for them (detected at run time). No fused multiply-add
 //! and no reassociation is involved, so the instruction set never changes a bit.
 
 use super::Kept;
 use super::robust::{MASK_MAX, numpy_partition, numpy_partition_masks};
 use crate::model::TensorView;
 
-/// Coordinates per network pass: 16 i32 lanes are two AVX2 registers per wire.
+/// Coordinates per network pass: 16 i32 lanes are one AVX-512 or two AVX2 registers per wire.
 pub(crate) const LANES: usize = 16;
 
 /// Most clients the sorting-network median handles; above it the generic path selects.
@@ -113,6 +113,7 @@ fn load_f32(
 macro_rules! simd_fn {
     ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? = $generic:ident;) => {
         $(#[$m])*
+        #[allow(clippy::too_many_arguments)]
         $vis fn $name($($arg: $ty),*) $(-> $ret)? {
             #[cfg(target_arch = "x86_64")]
             {

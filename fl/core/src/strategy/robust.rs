@@ -744,9 +744,7 @@ fn pair_tile<const T: usize>(ra: &[f64], rb: [&[f64]; T], lanes: &mut [[f64; 8]]
     let full = xa.len() * 8;
     let yb: [&[[f64; 8]]; T] = rb.map(|r| &r.as_chunks::<8>().0[..xa.len()]);
     let mut acc = [[0.0f64; 8]; T];
-    for q in 0..T {
-        acc[q] = lanes[q];
-    }
+    acc.copy_from_slice(&lanes[..T]);
     for (i, x) in xa.iter().enumerate() {
         for q in 0..T {
             let y = &yb[q][i];
