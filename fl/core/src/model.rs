@@ -277,13 +277,13 @@ pub(crate) fn decode_one(dtype: DType, b: &[u8]) -> f64 {
 pub(crate) fn decode_into(dtype: DType, bytes: &[u8], out: &mut [f64]) {
     match dtype {
         DType::F32 => {
-            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {
-                *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64;
+            for (o, c) in out.iter_mut().zip(bytes.as_chunks::<4>().0) {
+                *o = f32::from_le_bytes(*c) as f64;
             }
         }
         DType::F64 => {
-            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(8)) {
-                *o = f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+            for (o, c) in out.iter_mut().zip(bytes.as_chunks::<8>().0) {
+                *o = f64::from_le_bytes(*c);
             }
         }
         _ => {
