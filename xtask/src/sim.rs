@@ -5,13 +5,16 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use simulator::fault::{faults_json, parse_faults_json};
+use simulator::gitops::argo::ArgoCd;
+use simulator::gitops::flux::Flux;
+use simulator::gitops::loader::read_repo;
 use simulator::shrink::{random_faults, shrink_recovery};
 use simulator::timings::{MIN, SEC};
 use simulator::{Sim, SimOptions, Stop, Topology, WorkloadOverride};
 
 const USAGE: &str = "usage: cargo xtask sim --topology NAME|PATH [--seed N] [--until 30m]
        [--override WORKLOAD=replicas:R,cpu:C,memory:M]... [--faults-json JSON] [--random-faults K]
-       [--shrink] [--check-determinism] [--trace] [--schema]
+       [--shrink] [--check-determinism] [--trace] [--schema] [--gitops [REPO]]
 
   --topology        fixtures/topologies/NAME.yaml or a path
   --until           virtual time to run (s, m, h suffix; default 30m)
@@ -20,6 +23,11 @@ const USAGE: &str = "usage: cargo xtask sim --topology NAME|PATH [--seed N] [--u
                     last fault, shrink the fault schedule to a minimal failing one
   --check-determinism  run twice and compare trace hashes
   --trace           print every trace entry
+  --gitops [REPO]   deploy the platform by GitOps instead of the topology's documented workloads:
+                    once every node is Ready, the topology's controller (`gitops: argocd|flux`)
+                    applies fixtures/gitops/REPO/bootstrap/ (REPO defaults to the topology name
+                    up to its first `-`: mlworkbench-kvm -> mlworkbench); the summary lists
+                    each sync wave (ArgoCD) or Ready Kustomization (Flux) with its times
   --schema          write fixtures/topologies/topology.schema.json and exit";
 
 fn parse_duration(s: &str) -> Result<u64> {
@@ -41,8 +49,14 @@ pub fn run(args: Vec<String>) -> Result<()> {
     let mut until = 30 * MIN;
     let mut options = SimOptions::default();
     let (mut do_shrink, mut determinism, mut trace, mut random) = (false, false, false, 0usize);
-    let mut it = args.into_iter();
+    let mut gitops: Option<Option<String>> = None;
+    let mut it = args.into_iter().peekable();
     while let Some(a) = it.next() {
+        if a == "--gitops" {
+            let repo = it.next_if(|v| !v.starts_with('-'));
+            gitops = Some(repo);
+            continue;
+        }
         let mut val = || {
             it.next()
                 .with_context(|| format!("{a} needs a value\n{USAGE}"))
@@ -99,6 +113,17 @@ pub fn run(args: Vec<String>) -> Result<()> {
             .join(format!("{topology}.yaml"))
     };
     let topo = Topology::load(&path)?;
+    let gitops = match gitops {
+        Some(repo) => {
+            if do_shrink {
+                bail!("--shrink does not take --gitops (it shrinks the cluster's fault schedule)");
+            }
+            // The tree deploys the platform, not the topology's documented list.
+            options.apply_topology_workloads = false;
+            Some(GitopsRun::load(&topo, repo)?)
+        }
+        None => None,
+    };
     if random > 0 {
         options.faults.extend(random_faults(
             &topo,
@@ -142,7 +167,10 @@ pub fn run(args: Vec<String>) -> Result<()> {
     }
 
     let mut sim = Sim::new(topo.clone(), seed, options.clone());
-    let stop = sim.run_until(until);
+    let (stop, controller) = match &gitops {
+        Some(g) => g.run(&mut sim, until),
+        None => (sim.run_until(until), None),
+    };
     let w = sim.world();
     println!("topology: {} ({})", topo.name, topo.description);
     println!(
@@ -205,6 +233,9 @@ pub fn run(args: Vec<String>) -> Result<()> {
     for line in sim.model_summaries() {
         println!("{line}");
     }
+    if let (Some(g), Some(c)) = (&gitops, controller) {
+        g.report(&sim, c);
+    }
     if trace {
         for e in sim.trace().entries() {
             println!("  {e}");
@@ -214,10 +245,26 @@ pub fn run(args: Vec<String>) -> Result<()> {
     if let Some(v) = sim.violation() {
         println!("VIOLATION: {v}");
     }
-    println!("{}", sim.repro());
+    match &gitops {
+        // The engine's repro line knows nothing of the controller started here.
+        Some(g) => println!(
+            "repro: cargo xtask sim --topology {} --seed {seed} --until {}s --gitops {}",
+            topo.name,
+            until / SEC,
+            g.repo_name
+        ),
+        None => println!("{}", sim.repro()),
+    }
     if determinism {
         let mut again = Sim::new(topo, seed, options);
-        again.run_until(until);
+        match &gitops {
+            Some(g) => {
+                g.run(&mut again, until);
+            }
+            None => {
+                again.run_until(until);
+            }
+        }
         if again.trace_hash() != sim.trace_hash() {
             bail!(
                 "determinism check failed: {} != {}",
@@ -232,4 +279,127 @@ pub fn run(args: Vec<String>) -> Result<()> {
         bail!("invariant violated");
     }
     Ok(())
+}
+
+/// `--gitops`: the platform's repository and the controller that reconciles it.
+struct GitopsRun {
+    repo_name: String,
+    repo: simulator::gitops::repo::Repo,
+    flux: bool,
+}
+
+/// Bound on the virtual time to wait for every node to be Ready before bootstrapping.
+const BOOT_LIMIT: u64 = 30 * MIN;
+
+impl GitopsRun {
+    fn load(topo: &Topology, repo: Option<String>) -> Result<Self> {
+        let repo_name = repo.unwrap_or_else(|| {
+            topo.name
+                .split('-')
+                .next()
+                .unwrap_or(&topo.name)
+                .to_string()
+        });
+        let dir = crate::workspace_root()
+            .join("fixtures/gitops")
+            .join(&repo_name);
+        if !dir.is_dir() {
+            bail!(
+                "--gitops: no GitOps repository fixtures/gitops/{repo_name}/ for topology {} (name one: --gitops REPO)",
+                topo.name
+            );
+        }
+        let repo = read_repo(&dir).with_context(|| format!("--gitops {repo_name}"))?;
+        let flux = match topo.gitops.as_deref() {
+            Some("flux") => true,
+            Some("argocd") => false,
+            Some(other) => bail!(
+                "topology {} names GitOps controller `{other}` (the simulator models argocd and flux)",
+                topo.name
+            ),
+            None => bail!(
+                "topology {} names no GitOps controller (`gitops: argocd|flux`)",
+                topo.name
+            ),
+        };
+        Ok(Self {
+            repo_name,
+            repo,
+            flux,
+        })
+    }
+
+    /// Boots the cluster to every node Ready, bootstraps the controller, runs to `until`.
+    fn run(&self, sim: &mut Sim, until: u64) -> (Stop, Option<simulator::ModelId>) {
+        let stop = sim.run_until_pred(until.min(BOOT_LIMIT), u64::MAX, |w| w.nodes_ready());
+        if stop != Stop::Predicate {
+            return (
+                if stop == Stop::Violation {
+                    stop
+                } else {
+                    sim.run_until(until)
+                },
+                None,
+            );
+        }
+        let id = if self.flux {
+            Flux::start(sim, self.repo.clone())
+        } else {
+            ArgoCd::start(sim, self.repo.clone())
+        };
+        (sim.run_until(until), Some(id))
+    }
+
+    fn report(&self, sim: &Sim, id: simulator::ModelId) {
+        let fmt = simulator::fmt_time;
+        if let Some(f) = sim.model::<Flux>(id) {
+            println!(
+                "gitops: Flux, fixtures/gitops/{}: {}",
+                self.repo_name,
+                if f.converged() {
+                    "every Kustomization and HelmRelease Ready"
+                } else {
+                    "NOT converged"
+                }
+            );
+            for (name, at) in f.ready_order() {
+                println!("  ready at {:>9}  {name}", fmt(*at));
+            }
+            return;
+        }
+        let Some(a) = sim.model::<ArgoCd>(id) else {
+            return;
+        };
+        println!(
+            "gitops: ArgoCD, fixtures/gitops/{}: {} applications, {}",
+            self.repo_name,
+            a.apps().len(),
+            if a.converged() {
+                "all Synced and Healthy"
+            } else {
+                "NOT converged"
+            }
+        );
+        println!("  waves (app, phase and wave: applied -> every resource Healthy):");
+        for w in a.wave_events() {
+            println!(
+                "  {:>9} -> {:>9}  {} {:?} wave {}",
+                fmt(w.started),
+                fmt(w.healthy_at),
+                w.app,
+                w.phase,
+                w.wave
+            );
+        }
+        for (app, b) in a.blocked() {
+            println!(
+                "  BLOCKED {app}: {:?} wave {} waits on {} since {}: {}",
+                b.phase,
+                b.wave,
+                b.object,
+                fmt(b.since),
+                b.reason
+            );
+        }
+    }
 }
