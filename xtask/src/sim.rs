@@ -26,8 +26,10 @@ const USAGE: &str = "usage: cargo xtask sim --topology NAME|PATH [--seed N] [--u
   --gitops [REPO]   deploy the platform by GitOps instead of the topology's documented workloads:
                     once every node is Ready, the topology's controller (`gitops: argocd|flux`)
                     applies fixtures/gitops/REPO/bootstrap/ (REPO defaults to the topology name
-                    up to its first `-`: mlworkbench-kvm -> mlworkbench); the summary lists
-                    each sync wave (ArgoCD) or Ready Kustomization (Flux) with its times
+                    up to its first `-`: mlworkbench-kvm -> mlworkbench; with a `/`, REPO is a
+                    repository folder); the summary lists each sync wave (ArgoCD) or Ready
+                    Kustomization (Flux) with its times, and every wave held by an unhealthy
+                    resource
   --schema          write fixtures/topologies/topology.schema.json and exit";
 
 fn parse_duration(s: &str) -> Result<u64> {
@@ -300,12 +302,18 @@ impl GitopsRun {
                 .unwrap_or(&topo.name)
                 .to_string()
         });
-        let dir = crate::workspace_root()
-            .join("fixtures/gitops")
-            .join(&repo_name);
-        if !dir.is_dir() {
+        // A name is a fixture; anything with a `/` a repository folder (a planted copy).
+        let dir = if repo_name.contains('/') {
+            PathBuf::from(&repo_name)
+        } else {
+            crate::workspace_root()
+                .join("fixtures/gitops")
+                .join(&repo_name)
+        };
+        if !dir.join(simulator::gitops::tree::BOOTSTRAP_DIR).is_dir() {
             bail!(
-                "--gitops: no GitOps repository fixtures/gitops/{repo_name}/ for topology {} (name one: --gitops REPO)",
+                "--gitops: {} is no GitOps repository (no bootstrap/ folder) for topology {} (name one: --gitops REPO or --gitops DIR)",
+                dir.display(),
                 topo.name
             );
         }
@@ -322,6 +330,28 @@ impl GitopsRun {
                 topo.name
             ),
         };
+        let flux_tree = simulator::gitops::tree::Tree::build(&repo)
+            .units
+            .iter()
+            .any(|u| {
+                matches!(
+                    u.kind,
+                    simulator::gitops::tree::UnitKind::FluxKustomization
+                        | simulator::gitops::tree::UnitKind::FluxHelmRelease
+                )
+            });
+        if flux != flux_tree {
+            bail!(
+                "--gitops {repo_name}: topology {} runs {} but the tree is {}",
+                topo.name,
+                if flux { "Flux" } else { "ArgoCD" },
+                if flux_tree {
+                    "a Flux tree"
+                } else {
+                    "an ArgoCD tree"
+                }
+            );
+        }
         Ok(Self {
             repo_name,
             repo,
@@ -354,7 +384,7 @@ impl GitopsRun {
         let fmt = simulator::fmt_time;
         if let Some(f) = sim.model::<Flux>(id) {
             println!(
-                "gitops: Flux, fixtures/gitops/{}: {}",
+                "gitops: Flux, {}: {}",
                 self.repo_name,
                 if f.converged() {
                     "every Kustomization and HelmRelease Ready"
@@ -362,8 +392,15 @@ impl GitopsRun {
                     "NOT converged"
                 }
             );
+            let tree = simulator::gitops::tree::Tree::build(&self.repo);
             for (name, at) in f.ready_order() {
-                println!("  ready at {:>9}  {name}", fmt(*at));
+                let after = tree
+                    .find(name)
+                    .map(|u| tree.units[u].depends_on.join(", "))
+                    .filter(|d| !d.is_empty())
+                    .map(|d| format!(" (dependsOn: {d})"))
+                    .unwrap_or_default();
+                println!("  ready at {:>9}  {name}{after}", fmt(*at));
             }
             return;
         }
@@ -371,7 +408,7 @@ impl GitopsRun {
             return;
         };
         println!(
-            "gitops: ArgoCD, fixtures/gitops/{}: {} applications, {}",
+            "gitops: ArgoCD, {}: {} applications, {}",
             self.repo_name,
             a.apps().len(),
             if a.converged() {
@@ -382,13 +419,17 @@ impl GitopsRun {
         );
         println!("  waves (app, phase and wave: applied -> every resource Healthy):");
         for w in a.wave_events() {
+            // The CreateNamespace=true step runs before every PreSync hook.
+            let step = if w.wave == i64::MIN {
+                "CreateNamespace".to_string()
+            } else {
+                format!("{:?} wave {}", w.phase, w.wave)
+            };
             println!(
-                "  {:>9} -> {:>9}  {} {:?} wave {}",
+                "  {:>9} -> {:>9}  {} {step}",
                 fmt(w.started),
                 fmt(w.healthy_at),
-                w.app,
-                w.phase,
-                w.wave
+                w.app
             );
         }
         for (app, b) in a.blocked() {
@@ -401,5 +442,56 @@ impl GitopsRun {
                 b.reason
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::run;
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn gitops_runs_the_topologys_controller_on_its_tree() {
+        run(args(&[
+            "--topology",
+            "mlworkbench-kvm",
+            "--gitops",
+            "--until",
+            "10m",
+        ]))
+        .expect("argocd on mlworkbench");
+        run(args(&[
+            "--topology",
+            "mlops-flux",
+            "--gitops",
+            "mlops",
+            "--until",
+            "10m",
+        ]))
+        .expect("flux on mlops");
+    }
+
+    #[test]
+    fn gitops_without_a_tree_or_with_the_other_controllers_tree_is_an_error() {
+        let e = run(args(&["--topology", "mlworkbench-kvm", "--gitops", "nope"]))
+            .expect_err("no such tree");
+        assert!(
+            format!("{e:#}").contains("fixtures/gitops/nope is no GitOps repository"),
+            "{e:#}"
+        );
+        let e = run(args(&[
+            "--topology",
+            "mlworkbench-kvm",
+            "--gitops",
+            "mlops",
+        ]))
+        .expect_err("a Flux tree on an ArgoCD topology");
+        assert!(
+            format!("{e:#}").contains("runs ArgoCD but the tree is a Flux tree"),
+            "{e:#}"
+        );
     }
 }
