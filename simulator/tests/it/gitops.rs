@@ -82,8 +82,28 @@ fn find<'a>(report: &'a Report, file: &str, object: &str, field: &str) -> &'a Fi
 
 #[test]
 fn real_fixtures_are_clean() {
-    let report = validate(&fixtures().join("gitops"), None).expect("validate fixtures");
+    // With kubectl where `cargo xtask setup gitops` puts it too, as `cargo xtask validate` does.
+    let kubectl = kubectl().map(Kubectl::new);
+    let report = validate_with(
+        &fixtures().join("gitops"),
+        Some(&fixtures().join("crds")),
+        None,
+        kubectl.as_ref(),
+    )
+    .expect("validate fixtures");
     assert!(report.is_ok(), "{report}");
+    let note = report
+        .notes
+        .iter()
+        .find(|n| n.starts_with("kustomize:"))
+        .expect("kustomize note");
+    match &kubectl {
+        Some(_) => assert!(
+            note.contains("12 kustomizations also rendered by `kubectl kustomize`"),
+            "{note}"
+        ),
+        None => assert!(note.contains("kubectl not installed"), "{note}"),
+    }
     assert_eq!(report.repos, ["fluodata", "k3s", "mlops", "mlworkbench"]);
     // root, foundation, platform and 16 leaf apps; ApplicationSets expand to 13 apps.
     assert!(report.units >= 45, "{report}");
