@@ -14,7 +14,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use benches::node::{http, start_coordinator};
+use benches::node::{http, load_average, start_coordinator};
 
 use benches::{Row, Target, write_rows};
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -154,9 +154,10 @@ fn bench_round(c: &mut Criterion) {
     let step = LOCAL_STEP.as_secs_f64() * 1e3;
     println!(
         "round overhead: {WORKERS} workers x {model_bytes} B model: coordinator round {c_ms:.1} ms, raw loopback copy {r_ms:.1} ms \
-         (ratio {:.2}x); overhead {overhead:.1} ms = {:.1}% of a round with a {step:.0} ms local step (target < 5%)",
+         (ratio {:.2}x); overhead {overhead:.1} ms = {:.1}% of a round with a {step:.0} ms local step (target < 5%); load average {}",
         c_ms / r_ms,
-        100.0 * overhead / (step + c_ms)
+        100.0 * overhead / (step + c_ms),
+        load_average()
     );
     let rows = [Row {
         case: format!(

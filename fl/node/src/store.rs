@@ -12,7 +12,6 @@
 //! file under a final name is complete. Metadata commits use SQLite's `synchronous = FULL`.
 
 use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -317,16 +316,38 @@ impl Blobs {
             .join(format!("{}-{n}.part", std::process::id()))
     }
 
-    /// Writes `bytes` durably at `dest` (tmp, fsync, rename, fsync dir).
-    pub fn write_durable(&self, dest: &Path, bytes: &[u8]) -> Result<()> {
+    /// Writes a model durably at `dest`, tensor by tensor from its own buffers (no
+    /// serialised copy of the whole model). Returns the file's length.
+    pub fn write_model_durable(&self, dest: &Path, model: &fl_core::ModelView<'_>) -> Result<u64> {
+        let mut len = 0;
+        self.write_durable_with(dest, |f| {
+            len = model.write_safetensors(f)?;
+            Ok(())
+        })?;
+        Ok(len)
+    }
+
+    /// Durable write of whatever `write` puts into the temporary file (tmp, fsync, rename,
+    /// fsync dir, then the bucket); the temporary file is removed on failure.
+    pub fn write_durable_with(
+        &self,
+        dest: &Path,
+        write: impl FnOnce(&mut File) -> std::io::Result<()>,
+    ) -> Result<()> {
         let tmp = self.tmp_path();
-        let mut f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        f.write_all(bytes)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        f.sync_all()
-            .with_context(|| format!("fsync {}", tmp.display()))?;
-        drop(f);
-        commit(&tmp, dest)?;
+        let r = (|| {
+            let mut f =
+                File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+            write(&mut f).with_context(|| format!("writing {}", tmp.display()))?;
+            f.sync_all()
+                .with_context(|| format!("fsync {}", tmp.display()))?;
+            drop(f);
+            commit(&tmp, dest)
+        })();
+        if r.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        r?;
         self.persist(dest)
     }
 }
@@ -496,6 +517,7 @@ impl Meta {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     #[tokio::test]
     async fn sqlite_state_models_and_rounds_survive_reopen() {
@@ -535,7 +557,7 @@ mod tests {
             0
         );
         let p = b.update_path(3, "w1", "abc");
-        b.write_durable(&p, b"bytes").unwrap();
+        b.write_durable_with(&p, |f| f.write_all(b"bytes")).unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"bytes");
     }
 }
