@@ -24,8 +24,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use clap::Parser;
 use fl_core::round::{
-    AcceptedUpdate, Action, ClientId, Coordinator, CoordinatorState, Event, Phase, RejectReason,
-    RoundConfig, TimerId, UpdateId,
+    AcceptedUpdate, Action, ClientId, Coordinator, Event, Phase, RejectReason, RoundConfig,
+    TimerId, UpdateId,
 };
 use fl_core::strategy::{Collector, Limits, Params, Update, build_strategy};
 use fl_core::train::{Architecture, Trainer};
@@ -40,7 +40,7 @@ use crate::clock::{Clock, FileClock, SystemClock};
 use crate::dataset;
 use crate::metrics::Metrics;
 use crate::modelio;
-use crate::store::{Blobs, Meta, ModelRow, commit};
+use crate::store::{Blobs, Commit, Meta, ModelRow, commit};
 
 /// Default cap on one upload: 1 GiB (a 250M-parameter f32 model).
 pub const DEFAULT_MAX_UPDATE_BYTES: u64 = 1 << 30;
@@ -185,6 +185,10 @@ pub use fl_core::job::strategy_seed as round_seed;
 
 struct Core {
     machine: Coordinator,
+    /// History records already in the metadata database.
+    saved_rounds: usize,
+    /// Global models stored since the last commit, recorded with the next one.
+    new_models: Vec<ModelRow>,
 }
 
 /// An event waiting for the next group commit, and where its actions go.
@@ -343,8 +347,6 @@ async fn start(args: &Args) -> Result<(Arc<App>, tokio::net::TcpListener)> {
                     "the data dir holds a run with another configuration; restart with the same flags or a new --data-dir\n stored: {cfg}\n given:  {config_json}"
                 );
             }
-            let state: CoordinatorState =
-                serde_json::from_str(&state).context("parsing stored coordinator state")?;
             tracing::info!(round = state.round, "resuming from stored state");
             (Coordinator::restore(round_cfg, state)?, Event::Restart)
         }
@@ -375,7 +377,11 @@ async fn start(args: &Args) -> Result<(Arc<App>, tokio::net::TcpListener)> {
             .with_context(|| format!("--strategy {}", args.strategy))?,
     };
     let app = Arc::new(App {
-        core: Mutex::new(Core { machine }),
+        core: Mutex::new(Core {
+            saved_rounds: machine.history().len(),
+            machine,
+            new_models: Vec::new(),
+        }),
         pending: std::sync::Mutex::new(Vec::new()),
         global: std::sync::Mutex::new(None),
         blobs,
@@ -576,9 +582,7 @@ impl App {
             for a in actions {
                 if matches!(
                     a,
-                    Action::Aggregate { .. }
-                        | Action::EvaluateCentralized { .. }
-                        | Action::RoundCompleted(_)
+                    Action::Aggregate { .. } | Action::EvaluateCentralized { .. }
                 ) {
                     self.commit_state(core, &mut dirty, now).await?;
                 }
@@ -595,14 +599,14 @@ impl App {
                         });
                         match r {
                             Ok((digest, size, metrics)) => {
-                                self.meta
-                                    .put_model(&ModelRow {
-                                        digest: digest.clone(),
-                                        round,
-                                        size_bytes: size,
-                                        created_ms: now,
-                                    })
-                                    .await?;
+                                // Recorded with the commit of AggregationDone: a crash before
+                                // it re-runs the aggregation, which gives the same digest.
+                                core.new_models.push(ModelRow {
+                                    digest: digest.clone(),
+                                    round,
+                                    size_bytes: size,
+                                    created_ms: now,
+                                });
                                 self.metrics
                                     .observe("fl_aggregation_seconds", t0.elapsed().as_secs_f64());
                                 tracing::info!(round, %digest, clients = updates.len(), "aggregated");
@@ -644,9 +648,7 @@ impl App {
                         {
                             self.metrics.set("fl_global_accuracy", *acc);
                         }
-                        self.meta
-                            .put_round(rec.round, &serde_json::to_string(&rec)?)
-                            .await?;
+                        // The record is written with the state that holds it (commit_state).
                         tracing::info!(round = rec.round, accepted = rec.accepted.len(), failures = rec.failures.len(),
                             central = ?rec.central, "round completed");
                     }
@@ -688,13 +690,23 @@ impl App {
         Ok(visible)
     }
 
-    /// Commits the machine's whole state (one database transaction, durable on return).
-    async fn commit_state(&self, core: &Core, dirty: &mut bool, now: u64) -> Result<()> {
+    /// Commits the machine's state with its newly completed rounds and new models (one
+    /// database transaction, durable on return).
+    async fn commit_state(&self, core: &mut Core, dirty: &mut bool, now: u64) -> Result<()> {
         if !*dirty {
             return Ok(());
         }
-        let state = serde_json::to_string(core.machine.state())?;
-        self.meta.save_state(&self.config_json, &state, now).await?;
+        self.meta
+            .commit(&Commit {
+                config: &self.config_json,
+                state: core.machine.state(),
+                saved_rounds: core.saved_rounds,
+                models: &core.new_models,
+                now_ms: now,
+            })
+            .await?;
+        core.saved_rounds = core.machine.history().len();
+        core.new_models.clear();
         self.metrics.inc("fl_state_commits_total", &[], 1);
         *dirty = false;
         Ok(())
