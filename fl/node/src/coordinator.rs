@@ -207,6 +207,9 @@ impl AsRef<[u8]> for SharedModel {
     }
 }
 
+/// Blocking disk tasks of uploads in flight at once (see `App::disk`).
+const UPLOAD_DISK_TASKS: usize = 16;
+
 /// Body frame size for model downloads: slices of the shared map, never copies.
 const MODEL_FRAME_BYTES: usize = 256 << 10;
 
@@ -218,6 +221,10 @@ pub struct App {
     /// The current global model's map, by digest (replaced when the round moves on; readers
     /// in flight keep the old one alive through their `Arc`).
     global: std::sync::Mutex<Option<(String, SharedModel)>>,
+    /// Bounds the uploads' blocking disk work (frame writes, fsyncs) in flight at once: with
+    /// 50 uploads each write would otherwise take a blocking thread of its own (357 threads
+    /// seen), each with its stack and a share of the malloc arenas.
+    disk: Arc<tokio::sync::Semaphore>,
     blobs: Blobs,
     meta: Meta,
     metrics: Metrics,
@@ -234,8 +241,31 @@ pub struct App {
     ready: AtomicBool,
 }
 
+/// Large buffers (an aggregate's output tensors, a connection's read buffer at its cap) come
+/// from and go back to the kernel directly: this size and up is always `mmap`ed. glibc's
+/// default threshold rises to the largest block freed so far (up to 32 MiB), after which such
+/// buffers are carved from the arena of whichever thread ran the aggregation and stay there
+/// when freed: over rounds run on different threads that kept ~2.5 models per arena (bench
+/// `round_scale`, `/proc/<pid>/smaps`).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const MMAP_THRESHOLD_BYTES: i32 = 256 << 10;
+
+/// Pins glibc's mmap and trim thresholds (setting them turns the dynamic adjustment off) and
+/// bounds the number of malloc arenas (default 8 per core, each keeping its own free memory).
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; called before any other thread exists.
+    unsafe {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 2 * MMAP_THRESHOLD_BYTES);
+        libc::mallopt(libc::M_ARENA_MAX, cores.clamp(2, 16) as i32);
+    }
+}
+
 pub fn run(args: Vec<String>) -> Result<()> {
     let args = Args::try_parse_from(std::iter::once("fl coordinator".to_owned()).chain(args))?;
+    tune_allocator();
     crate::init_tracing();
     crate::tls::install_crypto_provider();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -384,6 +414,7 @@ async fn start(args: &Args) -> Result<(Arc<App>, tokio::net::TcpListener)> {
         }),
         pending: std::sync::Mutex::new(Vec::new()),
         global: std::sync::Mutex::new(None),
+        disk: Arc::new(tokio::sync::Semaphore::new(UPLOAD_DISK_TASKS)),
         blobs,
         meta,
         metrics: Metrics::default(),
@@ -1108,32 +1139,27 @@ impl Drop for TmpGuard {
     }
 }
 
-/// Streams an upload body into a new file at `tmp`: each body frame is hashed and written on a
-/// blocking thread (the next frame is read meanwhile), so at most two frames of the body are
-/// in memory, whatever its size; the file is fsynced before this returns. Returns the size
-/// and the SHA-256 of the body (the update's content id).
-async fn receive_update(body: Body, tmp: &Path, limit: u64) -> Result<(u64, String), ApiError> {
-    type Sink = (std::fs::File, Sha256);
+/// Streams an upload body into a new file at `tmp`: each body frame (at most the connection's
+/// 64 KiB read buffer) is hashed and written on a blocking thread before the next is read, so
+/// one frame of the body is in memory at a time, whatever its size (the kernel's socket buffer
+/// keeps receiving meanwhile); the file is fsynced before this returns. Returns the size and
+/// the SHA-256 of the body (the update's content id).
+async fn receive_update(
+    body: Body,
+    tmp: &Path,
+    limit: u64,
+    disk: &Arc<tokio::sync::Semaphore>,
+) -> Result<(u64, String), ApiError> {
     let blocking = |e: tokio::task::JoinError| ApiError::internal(format!("blocking task: {e}"));
     let path = tmp.to_owned();
-    let file = tokio::task::spawn_blocking(move || std::fs::File::create(path))
+    let mut file = tokio::task::spawn_blocking(move || std::fs::File::create(path))
         .await
         .map_err(blocking)?
         .map_err(|e| ApiError::storage("creating the update file", e))?;
-    let mut sink: Option<Sink> = Some((file, Sha256::new()));
-    let mut writing: Option<tokio::task::JoinHandle<std::io::Result<Sink>>> = None;
+    let mut hasher = Sha256::new();
     let mut size: u64 = 0;
     let mut body = body;
-    loop {
-        let frame = body.frame().await;
-        if let Some(w) = writing.take() {
-            sink = Some(
-                w.await
-                    .map_err(blocking)?
-                    .map_err(|e| ApiError::storage("writing the update", e))?,
-            );
-        }
-        let Some(frame) = frame else { break };
+    while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| {
             ApiError::bad(
                 "truncated_body",
@@ -1156,18 +1182,32 @@ async fn receive_update(body: Body, tmp: &Path, limit: u64) -> Result<(u64, Stri
                 format!("over the limit of {limit} bytes"),
             ));
         }
-        let (mut file, mut hasher) = sink.take().expect("the sink is back after each write");
-        writing = Some(tokio::task::spawn_blocking(move || {
+        let permit = disk
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(ApiError::internal)?;
+        (file, hasher) = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             hasher.update(&data);
-            std::io::Write::write_all(&mut file, &data)?;
-            Ok((file, hasher))
-        }));
-    }
-    let (file, hasher) = sink.take().expect("the sink is back after the last write");
-    tokio::task::spawn_blocking(move || file.sync_all())
+            std::io::Write::write_all(&mut file, &data).map(|()| (file, hasher))
+        })
         .await
         .map_err(blocking)?
-        .map_err(|e| ApiError::storage("fsync of the update", e))?;
+        .map_err(|e| ApiError::storage("writing the update", e))?;
+    }
+    let permit = disk
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(ApiError::internal)?;
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        file.sync_all()
+    })
+    .await
+    .map_err(blocking)?
+    .map_err(|e| ApiError::storage("fsync of the update", e))?;
     Ok((size, hex::encode(hasher.finalize())))
 }
 
@@ -1242,7 +1282,7 @@ async fn upload_inner(
     // 1. Stream to tmp/, hashing, bounded; fsynced before anything reads it.
     let tmp = app.blobs.tmp_path();
     let mut guard = TmpGuard(Some(tmp.clone()));
-    let (size, update_id) = receive_update(body, &tmp, limit).await?;
+    let (size, update_id) = receive_update(body, &tmp, limit, &app.disk).await?;
 
     // 2. Validate against the open round's global model (zero-copy over the mapped files).
     let (cur_round, fit_open, global_digest) = {
