@@ -1,6 +1,6 @@
 //! Coordinator overhead per round: 10 workers and a 1 MB model against a real `fl coordinator`
 //! process on loopback (release build), beside a raw loopback copy of the same bytes (10 x 1 MB
-//! down, 10 x 1 MB up and fsynced) measured in the same run.
+//! down, 10 x 1 MB up and fsynced, a thread per connection) measured in the same run.
 //!
 //! Each coordinator "round" is: every worker downloads the global model, uploads it back as its
 //! update (no training: what is measured is the coordinator), the last upload's ack returns after
@@ -14,7 +14,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use benches::node::{http, start_coordinator};
+use benches::node::{http, load_average, start_coordinator};
 
 use benches::{Row, Target, write_rows};
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -90,7 +90,11 @@ fn bench_round(c: &mut Criterion) {
     let sink_dir = dir.join("raw");
     std::fs::create_dir_all(&sink_dir).unwrap();
     let server_payload = payload.clone();
+    // A thread per connection, as the coordinator serves them: the 10 uploads' fsyncs overlap
+    // in the reference too (a serial server would make the reference slower than it is).
     let server = std::thread::spawn(move || {
+        let payload = std::sync::Arc::new(server_payload);
+        let mut handlers: Vec<std::thread::JoinHandle<()>> = Vec::new();
         // Bounded: serves exactly the connections the bench makes, then the sentinel.
         for (k, conn) in listener.incoming().enumerate() {
             let mut s = conn.unwrap();
@@ -98,17 +102,23 @@ fn bench_round(c: &mut Criterion) {
             if s.read_exact(&mut op).is_err() || op[0] == b'q' {
                 break;
             }
-            if op[0] == b'd' {
-                s.write_all(&server_payload).unwrap();
-            } else {
-                let mut buf = vec![0u8; server_payload.len()];
-                s.read_exact(&mut buf).unwrap();
-                let p = sink_dir.join(format!("{}", k % 64));
-                let mut f = std::fs::File::create(&p).unwrap();
-                f.write_all(&buf).unwrap();
-                f.sync_all().unwrap();
-                s.write_all(b"k").unwrap();
-            }
+            handlers.retain(|h| !h.is_finished());
+            let (payload, p) = (payload.clone(), sink_dir.join(format!("{}", k % 64)));
+            handlers.push(std::thread::spawn(move || {
+                if op[0] == b'd' {
+                    s.write_all(&payload).unwrap();
+                } else {
+                    let mut buf = vec![0u8; payload.len()];
+                    s.read_exact(&mut buf).unwrap();
+                    let mut f = std::fs::File::create(&p).unwrap();
+                    f.write_all(&buf).unwrap();
+                    f.sync_all().unwrap();
+                    s.write_all(b"k").unwrap();
+                }
+            }));
+        }
+        for h in handlers {
+            h.join().unwrap();
         }
     });
     let mut raw_ns = Vec::new();
@@ -154,9 +164,10 @@ fn bench_round(c: &mut Criterion) {
     let step = LOCAL_STEP.as_secs_f64() * 1e3;
     println!(
         "round overhead: {WORKERS} workers x {model_bytes} B model: coordinator round {c_ms:.1} ms, raw loopback copy {r_ms:.1} ms \
-         (ratio {:.2}x); overhead {overhead:.1} ms = {:.1}% of a round with a {step:.0} ms local step (target < 5%)",
+         (ratio {:.2}x); overhead {overhead:.1} ms = {:.1}% of a round with a {step:.0} ms local step (target < 5%); load average {}",
         c_ms / r_ms,
-        100.0 * overhead / (step + c_ms)
+        100.0 * overhead / (step + c_ms),
+        load_average()
     );
     let rows = [Row {
         case: format!(

@@ -130,3 +130,12 @@ pub fn proc_status_bytes(pid: u32, field: &str) -> u64 {
         })
         .map_or(0, |kb| kb * 1024)
 }
+
+/// The 1, 5 and 15 minute load averages (`/proc/loadavg`), printed beside every number: on a
+/// shared machine they say how much the timings were disturbed.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|t| t.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "unknown".into())
+}

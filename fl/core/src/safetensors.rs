@@ -48,6 +48,30 @@ impl<'a> ModelView<'a> {
 
     /// Serializes to safetensors bytes, data in model order, metadata as `__metadata__`.
     pub fn to_safetensors(&self) -> Vec<u8> {
+        let header = self.safetensors_header();
+        let mut out = Vec::with_capacity(header.len() + self.size_bytes());
+        out.extend_from_slice(&header);
+        for t in self.tensors() {
+            out.extend_from_slice(t.bytes());
+        }
+        out
+    }
+
+    /// Writes the same bytes as [`ModelView::to_safetensors`] to `w`, tensor by tensor, so a
+    /// large model goes to a file without a second whole-model buffer. Returns the length.
+    pub fn write_safetensors<W: std::io::Write>(&self, w: &mut W) -> std::io::Result<u64> {
+        let header = self.safetensors_header();
+        w.write_all(&header)?;
+        let mut n = header.len() as u64;
+        for t in self.tensors() {
+            w.write_all(t.bytes())?;
+            n += t.bytes().len() as u64;
+        }
+        Ok(n)
+    }
+
+    /// The 8-byte length and the JSON header, padded so the data starts 8-byte aligned.
+    fn safetensors_header(&self) -> Vec<u8> {
         let mut header = String::from("{");
         let mut offset = 0usize;
         let mut first = true;
@@ -87,12 +111,9 @@ impl<'a> ModelView<'a> {
         while (8 + header.len()) % 8 != 0 {
             header.push(' ');
         }
-        let mut out = Vec::with_capacity(8 + header.len() + offset);
+        let mut out = Vec::with_capacity(8 + header.len());
         out.extend_from_slice(&(header.len() as u64).to_le_bytes());
         out.extend_from_slice(header.as_bytes());
-        for t in self.tensors() {
-            out.extend_from_slice(t.bytes());
-        }
         out
     }
 }

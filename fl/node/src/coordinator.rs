@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use axum::Router;
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -24,15 +24,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use clap::Parser;
 use fl_core::round::{
-    AcceptedUpdate, Action, ClientId, Coordinator, CoordinatorState, Event, Phase, RejectReason,
-    RoundConfig, TimerId, UpdateId,
+    AcceptedUpdate, Action, ClientId, Coordinator, Event, Phase, RejectReason, RoundConfig,
+    TimerId, UpdateId,
 };
 use fl_core::strategy::{Collector, Limits, Params, Update, build_strategy};
 use fl_core::train::{Architecture, Trainer};
 use fl_core::{FlError, Metrics as FlMetrics, ModelView};
 use http_body_util::BodyExt;
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
 
 use crate::api::*;
@@ -41,7 +40,7 @@ use crate::clock::{Clock, FileClock, SystemClock};
 use crate::dataset;
 use crate::metrics::Metrics;
 use crate::modelio;
-use crate::store::{Blobs, Meta, ModelRow, commit};
+use crate::store::{Blobs, Commit, Meta, ModelRow, commit};
 
 /// Default cap on one upload: 1 GiB (a 250M-parameter f32 model).
 pub const DEFAULT_MAX_UPDATE_BYTES: u64 = 1 << 30;
@@ -186,10 +185,46 @@ pub use fl_core::job::strategy_seed as round_seed;
 
 struct Core {
     machine: Coordinator,
+    /// History records already in the metadata database.
+    saved_rounds: usize,
+    /// Global models stored since the last commit, recorded with the next one.
+    new_models: Vec<ModelRow>,
 }
+
+/// An event waiting for the next group commit, and where its actions go.
+type Pending = (
+    Event,
+    tokio::sync::oneshot::Sender<Result<Arc<Vec<Action>>, String>>,
+);
+
+/// A stored global model mapped once and shared (downloads, validation, inference).
+#[derive(Clone)]
+struct SharedModel(Arc<memmap2::Mmap>);
+
+impl AsRef<[u8]> for SharedModel {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// Blocking disk tasks of uploads in flight at once (see `App::disk`).
+const UPLOAD_DISK_TASKS: usize = 16;
+
+/// Body frame size for model downloads: slices of the shared map, never copies.
+const MODEL_FRAME_BYTES: usize = 256 << 10;
 
 pub struct App {
     core: Mutex<Core>,
+    /// Events waiting for the core lock; whoever takes it next feeds them all and commits the
+    /// state once (group commit), then answers each.
+    pending: std::sync::Mutex<Vec<Pending>>,
+    /// The current global model's map, by digest (replaced when the round moves on; readers
+    /// in flight keep the old one alive through their `Arc`).
+    global: std::sync::Mutex<Option<(String, SharedModel)>>,
+    /// Bounds the uploads' blocking disk work (frame writes, fsyncs) in flight at once: with
+    /// 50 uploads each write would otherwise take a blocking thread of its own (357 threads
+    /// seen), each with its stack and a share of the malloc arenas.
+    disk: Arc<tokio::sync::Semaphore>,
     blobs: Blobs,
     meta: Meta,
     metrics: Metrics,
@@ -206,8 +241,31 @@ pub struct App {
     ready: AtomicBool,
 }
 
+/// Large buffers (an aggregate's output tensors, a connection's read buffer at its cap) come
+/// from and go back to the kernel directly: this size and up is always `mmap`ed. glibc's
+/// default threshold rises to the largest block freed so far (up to 32 MiB), after which such
+/// buffers are carved from the arena of whichever thread ran the aggregation and stay there
+/// when freed: over rounds run on different threads that kept ~2.5 models per arena (bench
+/// `round_scale`, `/proc/<pid>/smaps`).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const MMAP_THRESHOLD_BYTES: i32 = 256 << 10;
+
+/// Pins glibc's mmap and trim thresholds (setting them turns the dynamic adjustment off) and
+/// bounds the number of malloc arenas (default 8 per core, each keeping its own free memory).
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; called before any other thread exists.
+    unsafe {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 2 * MMAP_THRESHOLD_BYTES);
+        libc::mallopt(libc::M_ARENA_MAX, cores.clamp(2, 16) as i32);
+    }
+}
+
 pub fn run(args: Vec<String>) -> Result<()> {
     let args = Args::try_parse_from(std::iter::once("fl coordinator".to_owned()).chain(args))?;
+    tune_allocator();
     crate::init_tracing();
     crate::tls::install_crypto_provider();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -229,19 +287,8 @@ async fn serve(args: Args) -> Result<()> {
     let router = router(app.clone());
     tracing::info!(%addr, "coordinator listening");
     app.ready.store(true, Ordering::SeqCst);
-    match crate::tls::server_config(&args)? {
-        Some(tls) => crate::tls::serve_tls(listener, tls, router).await,
-        // Plain HTTP has no client certificate: a client-sent peer-names header is dropped.
-        None => axum::serve(
-            listener,
-            router.layer(axum::middleware::map_request(|req| async move {
-                crate::tls::with_peer_names(req, None)
-            })),
-        )
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("serving http"),
-    }
+    let tls = crate::tls::server_config(&args)?;
+    crate::http::serve(listener, tls, router).await
 }
 
 pub async fn shutdown_signal() {
@@ -330,8 +377,6 @@ async fn start(args: &Args) -> Result<(Arc<App>, tokio::net::TcpListener)> {
                     "the data dir holds a run with another configuration; restart with the same flags or a new --data-dir\n stored: {cfg}\n given:  {config_json}"
                 );
             }
-            let state: CoordinatorState =
-                serde_json::from_str(&state).context("parsing stored coordinator state")?;
             tracing::info!(round = state.round, "resuming from stored state");
             (Coordinator::restore(round_cfg, state)?, Event::Restart)
         }
@@ -339,13 +384,12 @@ async fn start(args: &Args) -> Result<(Arc<App>, tokio::net::TcpListener)> {
             // The initial model the simulator starts the same job from (fl_core::job).
             let model = modelio::from_params(arch, &fl_core::job::initial_params(arch, args.seed))?;
             let digest = model.digest().to_hex();
-            let bytes = model.to_safetensors();
-            blobs.write_durable(&blobs.model_path(&digest), &bytes)?;
+            let size_bytes = blobs.write_model_durable(&blobs.model_path(&digest), &model)?;
             let now = clock.now_ms();
             meta.put_model(&ModelRow {
                 digest: digest.clone(),
                 round: 0,
-                size_bytes: bytes.len() as u64,
+                size_bytes,
                 created_ms: now,
             })
             .await?;
@@ -363,7 +407,14 @@ async fn start(args: &Args) -> Result<(Arc<App>, tokio::net::TcpListener)> {
             .with_context(|| format!("--strategy {}", args.strategy))?,
     };
     let app = Arc::new(App {
-        core: Mutex::new(Core { machine }),
+        core: Mutex::new(Core {
+            saved_rounds: machine.history().len(),
+            machine,
+            new_models: Vec::new(),
+        }),
+        pending: std::sync::Mutex::new(Vec::new()),
+        global: std::sync::Mutex::new(None),
+        disk: Arc::new(tokio::sync::Semaphore::new(UPLOAD_DISK_TASKS)),
         blobs,
         meta,
         metrics: Metrics::default(),
@@ -389,7 +440,7 @@ async fn start(args: &Args) -> Result<(Arc<App>, tokio::net::TcpListener)> {
         .with_context(|| format!("binding {}", args.listen))?;
     {
         let mut core = app.core.lock().await;
-        app.feed(&mut core, first_event).await?;
+        app.feed(&mut core, vec![first_event]).await?;
     }
     Ok((app, listener))
 }
@@ -502,21 +553,70 @@ impl App {
         Ok(p)
     }
 
-    /// Feeds one event (and the events its actions produce) to the machine, persisting the
-    /// state after each step. Returns the actions the caller answers with (accept/reject).
-    async fn feed(self: &Arc<Self>, core: &mut Core, event: Event) -> Result<Vec<Action>> {
-        let mut queue = VecDeque::from([event]);
+    /// Queues `event` for the next group commit and waits for its actions. The commit runs in
+    /// its own task, so a request dropped halfway (a client gone) cannot stop the machine
+    /// between a step and its commit.
+    async fn submit(self: &Arc<Self>, event: Event) -> Result<Arc<Vec<Action>>, ApiError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((event, tx));
+        let app = self.clone();
+        tokio::spawn(async move {
+            let mut core = app.core.lock().await;
+            // Everything queued while the previous holder had the lock goes in one batch; an
+            // empty queue means an earlier batch took this event.
+            let batch = std::mem::take(&mut *app.pending.lock().unwrap_or_else(|e| e.into_inner()));
+            if batch.is_empty() {
+                return;
+            }
+            let (events, waiters): (Vec<Event>, Vec<_>) = batch.into_iter().unzip();
+            app.metrics
+                .inc("fl_state_commit_events_total", &[], events.len() as u64);
+            let r = app
+                .feed(&mut core, events)
+                .await
+                .map(Arc::new)
+                .map_err(|e| format!("{e:#}"));
+            drop(core);
+            for w in waiters {
+                let _ = w.send(r.clone());
+            }
+        });
+        rx.await
+            .map_err(|_| ApiError::internal("the commit task ended without an answer"))?
+            .map_err(ApiError::internal)
+    }
+
+    /// Feeds events (and the events their actions produce) to the machine. The state is
+    /// committed once for the whole batch, and before any side effect of an action
+    /// (aggregation, evaluation, the round record), so nothing acts on state that a crash
+    /// could lose. Returns the actions the callers answer with (accept/reject).
+    async fn feed(self: &Arc<Self>, core: &mut Core, events: Vec<Event>) -> Result<Vec<Action>> {
+        let limit = events.len() + MAX_CHAINED_EVENTS;
+        let mut queue = VecDeque::from(events);
         let mut visible = Vec::new();
-        for _ in 0..MAX_CHAINED_EVENTS {
-            let Some(ev) = queue.pop_front() else { break };
+        let mut dirty = false;
+        let mut steps = 0;
+        while let Some(ev) = queue.pop_front() {
+            steps += 1;
+            if steps > limit {
+                bail!("more than {MAX_CHAINED_EVENTS} chained events in one step");
+            }
             let now = self.clock.now_ms();
             let actions = core
                 .machine
                 .on_event(now, ev)
                 .map_err(|e| anyhow::anyhow!("round machine: {e}"))?;
-            let state = serde_json::to_string(core.machine.state())?;
-            self.meta.save_state(&self.config_json, &state, now).await?;
+            dirty = true;
             for a in actions {
+                if matches!(
+                    a,
+                    Action::Aggregate { .. } | Action::EvaluateCentralized { .. }
+                ) {
+                    self.commit_state(core, &mut dirty, now).await?;
+                }
                 match a {
                     Action::SetTimer { timer, at_ms } => self.arm_timer(timer, at_ms),
                     Action::Aggregate {
@@ -530,14 +630,14 @@ impl App {
                         });
                         match r {
                             Ok((digest, size, metrics)) => {
-                                self.meta
-                                    .put_model(&ModelRow {
-                                        digest: digest.clone(),
-                                        round,
-                                        size_bytes: size,
-                                        created_ms: now,
-                                    })
-                                    .await?;
+                                // Recorded with the commit of AggregationDone: a crash before
+                                // it re-runs the aggregation, which gives the same digest.
+                                core.new_models.push(ModelRow {
+                                    digest: digest.clone(),
+                                    round,
+                                    size_bytes: size,
+                                    created_ms: now,
+                                });
                                 self.metrics
                                     .observe("fl_aggregation_seconds", t0.elapsed().as_secs_f64());
                                 tracing::info!(round, %digest, clients = updates.len(), "aggregated");
@@ -579,9 +679,7 @@ impl App {
                         {
                             self.metrics.set("fl_global_accuracy", *acc);
                         }
-                        self.meta
-                            .put_round(rec.round, &serde_json::to_string(&rec)?)
-                            .await?;
+                        // The record is written with the state that holds it (commit_state).
                         tracing::info!(round = rec.round, accepted = rec.accepted.len(), failures = rec.failures.len(),
                             central = ?rec.central, "round completed");
                     }
@@ -610,8 +708,9 @@ impl App {
                 }
             }
         }
-        if !queue.is_empty() {
-            bail!("more than {MAX_CHAINED_EVENTS} chained events in one step");
+        if dirty {
+            self.commit_state(core, &mut dirty, self.clock.now_ms())
+                .await?;
         }
         self.metrics
             .set("fl_current_round", core.machine.round() as f64);
@@ -620,6 +719,41 @@ impl App {
             core.machine.state().clients.len() as f64,
         );
         Ok(visible)
+    }
+
+    /// Commits the machine's state with its newly completed rounds and new models (one
+    /// database transaction, durable on return).
+    async fn commit_state(&self, core: &mut Core, dirty: &mut bool, now: u64) -> Result<()> {
+        if !*dirty {
+            return Ok(());
+        }
+        self.meta
+            .commit(&Commit {
+                config: &self.config_json,
+                state: core.machine.state(),
+                saved_rounds: core.saved_rounds,
+                models: &core.new_models,
+                now_ms: now,
+            })
+            .await?;
+        core.saved_rounds = core.machine.history().len();
+        core.new_models.clear();
+        self.metrics.inc("fl_state_commits_total", &[], 1);
+        *dirty = false;
+        Ok(())
+    }
+
+    /// The stored global model `digest`, mapped once and shared.
+    fn global_model(&self, digest: &str) -> Result<SharedModel> {
+        if let Some((d, m)) = &*self.global.lock().unwrap_or_else(|e| e.into_inner())
+            && d == digest
+        {
+            return Ok(m.clone());
+        }
+        let m = SharedModel(Arc::new(self.blobs.map(&self.blobs.model_path(digest))?));
+        *self.global.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((digest.to_owned(), m.clone()));
+        Ok(m)
     }
 
     fn arm_timer(self: &Arc<Self>, timer: TimerId, at_ms: u64) {
@@ -633,7 +767,7 @@ impl App {
                 tokio::time::sleep(Duration::from_millis(at_ms - now).min(TIMER_RECHECK)).await;
             }
             let mut core = app.core.lock().await;
-            if let Err(e) = app.feed(&mut core, Event::TimerFired { timer }).await {
+            if let Err(e) = app.feed(&mut core, vec![Event::TimerFired { timer }]).await {
                 tracing::error!("timer {timer:?}: {e:#}");
             }
         });
@@ -647,7 +781,7 @@ impl App {
         base: &str,
         updates: &[AcceptedUpdate],
     ) -> Result<(String, u64, FlMetrics)> {
-        let gmap = self.blobs.map(&self.blobs.model_path(base))?;
+        let gmap = self.global_model(base)?;
         let umaps: Vec<memmap2::Mmap> = updates
             .iter()
             .map(|u| {
@@ -656,21 +790,16 @@ impl App {
             })
             .collect::<Result<_>>()?;
         let prev_state = previous_state_path(&self.blobs, machine, round)?;
-        let state_bytes = match &prev_state {
-            Some(p) => Some(
-                std::fs::read(p)
-                    .with_context(|| format!("reading strategy state {}", p.display()))?,
-            ),
-            None => None,
-        };
-        let global = ModelView::from_safetensors_labeled(&gmap, "global model")?;
+        // Mapped, not read: the state of FedAdam & co. is several models' worth of f64.
+        let state_map = prev_state.as_deref().map(map_file).transpose()?;
+        let global = ModelView::from_safetensors_labeled(gmap.as_ref(), "global model")?;
         let mut s = build_strategy(
             &self.strategy,
             &self.strategy_params,
             Limits::default(),
             round_seed(self.seed, round),
         )?;
-        if let Some(b) = &state_bytes {
+        if let Some(b) = &state_map {
             s.load_state(&ModelView::from_safetensors_labeled(b, "strategy state")?)?;
         }
         s.begin(round, Some(global))?;
@@ -683,15 +812,17 @@ impl App {
         }
         let (model, metrics) = s.finish()?;
         let digest = model.digest().to_hex();
-        let bytes = model.to_safetensors();
-        self.blobs
-            .write_durable(&self.blobs.model_path(&digest), &bytes)?;
+        // Tensor by tensor from the strategy's output: no serialised copy of the model.
+        let size = self
+            .blobs
+            .write_model_durable(&self.blobs.model_path(&digest), &model)?;
+        drop(model);
         let st = s.state();
         if !st.is_empty() {
             self.blobs
-                .write_durable(&self.blobs.strategy_state_path(round), &st.to_safetensors())?;
+                .write_model_durable(&self.blobs.strategy_state_path(round), &st)?;
         }
-        Ok((digest, bytes.len() as u64, metrics))
+        Ok((digest, size, metrics))
     }
 
     fn evaluate_central(&self, digest: &str) -> Result<(f64, FlMetrics)> {
@@ -699,8 +830,8 @@ impl App {
             .eval
             .as_ref()
             .context("centralised evaluation asked without --eval-data")?;
-        let m = self.blobs.map(&self.blobs.model_path(digest))?;
-        let model = ModelView::from_safetensors_labeled(&m, "global model")?;
+        let m = self.global_model(digest)?;
+        let model = ModelView::from_safetensors_labeled(m.as_ref(), "global model")?;
         let params = modelio::to_params(self.arch, &model)?;
         let e = Trainer::new(self.arch).evaluate(&params, data)?;
         Ok((
@@ -835,16 +966,12 @@ async fn register(
     app.principal(&headers)?;
     let req: RegisterRequest = parse_json(&read_limited(body, MAX_JSON_BYTES).await?)?;
     app.act_for(&headers, "client_id", &req.client_id)?;
-    let mut core = app.core.lock().await;
-    app.feed(
-        &mut core,
-        Event::ClientRegistered {
-            client: ClientId(req.client_id.clone()),
-        },
-    )
-    .await
-    .map_err(ApiError::internal)?;
+    app.submit(Event::ClientRegistered {
+        client: ClientId(req.client_id.clone()),
+    })
+    .await?;
     app.metrics.inc("fl_clients_registered_total", &[], 1);
+    let core = app.core.lock().await;
     let m = &core.machine;
     Ok(axum::Json(RegisterResponse {
         client_id: req.client_id,
@@ -902,20 +1029,26 @@ async fn model_latest(
             core.machine.global_digest().to_owned(),
         )
     };
-    let path = app.blobs.model_path(&digest);
-    tokio::task::block_in_place(|| app.blobs.ensure_local(&path)).map_err(ApiError::internal)?;
-    let file = tokio::fs::File::open(&path)
-        .await
-        .map_err(ApiError::internal)?;
-    let len = file.metadata().await.map_err(ApiError::internal)?.len();
-    // Streamed from disk in 64 KiB chunks: a large model is never held whole in memory.
-    let stream = tokio_util::io::ReaderStream::with_capacity(file, 64 << 10);
+    let model = {
+        let (app, digest) = (app.clone(), digest.clone());
+        tokio::task::spawn_blocking(move || app.global_model(&digest))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(ApiError::internal)?
+    };
+    let len = model.0.len();
+    // Frames are slices of the one shared map: no per-request copy, whatever the model's size
+    // (the pages are the page cache's, shared by every download).
+    let whole = Bytes::from_owner(model);
+    let frames = (0..len).step_by(MODEL_FRAME_BYTES).map(move |start| {
+        Ok::<_, std::convert::Infallible>(whole.slice(start..(start + MODEL_FRAME_BYTES).min(len)))
+    });
     Response::builder()
         .header(header::CONTENT_TYPE, "application/octet-stream")
         .header(header::CONTENT_LENGTH, len)
         .header(HDR_ROUND, round)
         .header(HDR_DIGEST, &digest)
-        .body(Body::from_stream(stream))
+        .body(Body::from_stream(futures_util::stream::iter(frames)))
         .map_err(ApiError::internal)
 }
 
@@ -1006,6 +1139,78 @@ impl Drop for TmpGuard {
     }
 }
 
+/// Streams an upload body into a new file at `tmp`: each body frame (at most the connection's
+/// 64 KiB read buffer) is hashed and written on a blocking thread before the next is read, so
+/// one frame of the body is in memory at a time, whatever its size (the kernel's socket buffer
+/// keeps receiving meanwhile); the file is fsynced before this returns. Returns the size and
+/// the SHA-256 of the body (the update's content id).
+async fn receive_update(
+    body: Body,
+    tmp: &Path,
+    limit: u64,
+    disk: &Arc<tokio::sync::Semaphore>,
+) -> Result<(u64, String), ApiError> {
+    let blocking = |e: tokio::task::JoinError| ApiError::internal(format!("blocking task: {e}"));
+    let path = tmp.to_owned();
+    let mut file = tokio::task::spawn_blocking(move || std::fs::File::create(path))
+        .await
+        .map_err(blocking)?
+        .map_err(|e| ApiError::storage("creating the update file", e))?;
+    let mut hasher = Sha256::new();
+    let mut size: u64 = 0;
+    let mut body = body;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            ApiError::bad(
+                "truncated_body",
+                "body",
+                format!("the body ended early after {size} bytes: {e}"),
+            )
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if data.is_empty() {
+            continue;
+        }
+        size += data.len() as u64;
+        if size > limit {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                "body",
+                format!("over the limit of {limit} bytes"),
+            ));
+        }
+        let permit = disk
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(ApiError::internal)?;
+        (file, hasher) = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            hasher.update(&data);
+            std::io::Write::write_all(&mut file, &data).map(|()| (file, hasher))
+        })
+        .await
+        .map_err(blocking)?
+        .map_err(|e| ApiError::storage("writing the update", e))?;
+    }
+    let permit = disk
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(ApiError::internal)?;
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        file.sync_all()
+    })
+    .await
+    .map_err(blocking)?
+    .map_err(|e| ApiError::storage("fsync of the update", e))?;
+    Ok((size, hex::encode(hasher.finalize())))
+}
+
 async fn upload(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -1074,51 +1279,12 @@ async fn upload_inner(
         ));
     }
 
-    // 1. Stream to tmp/, hashing, bounded; fsync.
+    // 1. Stream to tmp/, hashing, bounded; fsynced before anything reads it.
     let tmp = app.blobs.tmp_path();
     let mut guard = TmpGuard(Some(tmp.clone()));
-    let mut file = tokio::fs::File::create(&tmp)
-        .await
-        .map_err(ApiError::internal)?;
-    let mut hasher = Sha256::new();
-    let mut size: u64 = 0;
-    let mut body = body;
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| {
-            ApiError::bad(
-                "truncated_body",
-                "body",
-                format!("the body ended early after {size} bytes: {e}"),
-            )
-        })?;
-        if let Ok(d) = frame.into_data() {
-            size += d.len() as u64;
-            if size > limit {
-                return Err(ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "body_too_large",
-                    "body",
-                    format!("over the limit of {limit} bytes"),
-                ));
-            }
-            hasher.update(&d);
-            file.write_all(&d)
-                .await
-                .map_err(|e| ApiError::storage("writing the update", e))?;
-        }
-    }
-    // tokio's File reports a failed background write on flush, not on sync_all
-    // (tokio-rs/tokio#6005): without the flush a full disk yields a silently short file.
-    file.flush()
-        .await
-        .map_err(|e| ApiError::storage("writing the update", e))?;
-    file.sync_all()
-        .await
-        .map_err(|e| ApiError::storage("fsync of the update", e))?;
-    drop(file);
-    let update_id = hex::encode(hasher.finalize());
+    let (size, update_id) = receive_update(body, &tmp, limit, &app.disk).await?;
 
-    // 2. Validate against the open round's global model (zero-copy over the mapped file).
+    // 2. Validate against the open round's global model (zero-copy over the mapped files).
     let (cur_round, fit_open, global_digest) = {
         let core = app.core.lock().await;
         (
@@ -1127,50 +1293,63 @@ async fn upload_inner(
             core.machine.global_digest().to_owned(),
         )
     };
-    let umap = map_file(&tmp).map_err(ApiError::internal)?;
-    let view = ModelView::from_safetensors_labeled(&umap, &client).map_err(fl_error_to_api)?;
-    if round == cur_round && fit_open {
-        let gmap =
-            tokio::task::block_in_place(|| app.blobs.map(&app.blobs.model_path(&global_digest)))
+    {
+        let (app, tmp, client) = (app.clone(), tmp.clone(), client.clone());
+        let check_global = round == cur_round && fit_open;
+        tokio::task::spawn_blocking(move || -> Result<(), ApiError> {
+            let umap = map_file(&tmp).map_err(ApiError::internal)?;
+            let view =
+                ModelView::from_safetensors_labeled(&umap, &client).map_err(fl_error_to_api)?;
+            if !check_global {
+                return Ok(());
+            }
+            let gmap = app
+                .global_model(&global_digest)
                 .map_err(ApiError::internal)?;
-        let global = ModelView::from_safetensors_labeled(&gmap, "global model")
-            .map_err(ApiError::internal)?;
-        let mut c = Collector::new(
-            "upload",
-            Limits {
-                max_update_bytes: Some(limit),
-                ..Limits::default()
-            },
-        );
-        c.begin(round, Some(global)).map_err(ApiError::internal)?;
-        c.fold(Update::new(client.clone(), round, view, num_examples))
-            .map_err(fl_error_to_api)?;
+            let global = ModelView::from_safetensors_labeled(gmap.as_ref(), "global model")
+                .map_err(ApiError::internal)?;
+            let mut c = Collector::new(
+                "upload",
+                Limits {
+                    max_update_bytes: Some(limit),
+                    ..Limits::default()
+                },
+            );
+            c.begin(round, Some(global)).map_err(ApiError::internal)?;
+            c.fold(Update::new(client, round, view, num_examples))
+                .map_err(fl_error_to_api)?;
+            Ok(())
+        })
+        .await
+        .map_err(ApiError::internal)??;
     }
-    drop(umap);
 
     // 3. Move into place under its content id, durably.
     let dest = app.blobs.update_path(round, &client, &update_id);
     // Durable in the bucket too (with --store s3://...) before the machine may accept it.
-    tokio::task::block_in_place(|| commit(&tmp, &dest).and_then(|()| app.blobs.persist(&dest)))
+    {
+        let (app, tmp, dest) = (app.clone(), tmp.clone(), dest.clone());
+        tokio::task::spawn_blocking(move || {
+            commit(&tmp, &dest).and_then(|()| app.blobs.persist(&dest))
+        })
+        .await
+        .map_err(ApiError::internal)?
         .map_err(ApiError::internal)?;
+    }
     guard.0 = None;
 
-    // 4. The machine decides; its state is committed before we answer.
-    let mut core = app.core.lock().await;
+    // 4. The machine decides; its state is committed (with whatever else arrived meanwhile)
+    //    before we answer.
     let actions = app
-        .feed(
-            &mut core,
-            Event::UpdateReceived {
-                client: ClientId(client.clone()),
-                round,
-                update_id: UpdateId(update_id.clone()),
-                num_examples,
-                metrics,
-            },
-        )
-        .await
-        .map_err(ApiError::internal)?;
-    for a in actions {
+        .submit(Event::UpdateReceived {
+            client: ClientId(client.clone()),
+            round,
+            update_id: UpdateId(update_id.clone()),
+            num_examples,
+            metrics,
+        })
+        .await?;
+    for a in actions.iter() {
         match a {
             Action::AcceptUpdate {
                 client: c,
@@ -1178,6 +1357,7 @@ async fn upload_inner(
                 replay,
                 ..
             } if c.0 == client && id.0 == update_id => {
+                let replay = *replay;
                 if replay {
                     app.metrics.inc("fl_updates_replayed_total", &[], 1);
                 } else {
@@ -1201,7 +1381,7 @@ async fn upload_inner(
                 // Not accepted: drop our copy (an accepted update never has this path, since
                 // an accepted one with the same id would have been a replay).
                 let _ = std::fs::remove_file(&dest);
-                return Err(reject_to_api(&reason));
+                return Err(reject_to_api(reason));
             }
             _ => {}
         }
@@ -1226,25 +1406,20 @@ async fn evaluate(
             "loss is not finite",
         ));
     }
-    let mut core = app.core.lock().await;
     let actions = app
-        .feed(
-            &mut core,
-            Event::EvaluateReceived {
-                client: ClientId(req.client_id.clone()),
-                round: req.round,
-                num_examples: req.num_examples,
-                loss: req.loss,
-                metrics: req.metrics,
-            },
-        )
-        .await
-        .map_err(ApiError::internal)?;
-    for a in actions {
+        .submit(Event::EvaluateReceived {
+            client: ClientId(req.client_id.clone()),
+            round: req.round,
+            num_examples: req.num_examples,
+            loss: req.loss,
+            metrics: req.metrics.clone(),
+        })
+        .await?;
+    for a in actions.iter() {
         if let Action::RejectEvaluate { client, reason, .. } = a
             && client.0 == req.client_id
         {
-            return Err(reject_to_api(&reason));
+            return Err(reject_to_api(reason));
         }
     }
     Ok(axum::Json(
@@ -1344,10 +1519,10 @@ async fn inference(
             core.machine.global_digest().to_owned(),
         )
     };
-    let m = tokio::task::block_in_place(|| app.blobs.map(&app.blobs.model_path(&digest)))
+    let m =
+        tokio::task::block_in_place(|| app.global_model(&digest)).map_err(ApiError::internal)?;
+    let model = ModelView::from_safetensors_labeled(m.as_ref(), "global model")
         .map_err(ApiError::internal)?;
-    let model =
-        ModelView::from_safetensors_labeled(&m, "global model").map_err(ApiError::internal)?;
     let params = modelio::to_params(app.arch, &model).map_err(ApiError::internal)?;
     let mut t = Trainer::new(app.arch);
     let predictions = req

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use fl_core::ModelView;
-use fl_core::round::{Coordinator, CoordinatorState, FitOutcome, RoundConfig};
+use fl_core::round::{Coordinator, FitOutcome, RoundConfig};
 
 use crate::coordinator::{previous_state_path, round_seed};
 use crate::store::{Blobs, Meta};
@@ -63,8 +63,6 @@ pub fn run(args: Vec<String>) -> Result<()> {
         .with_context(|| format!("{db} holds no coordinator state"))?;
     let cfg: StoredConfig =
         serde_json::from_str(&cfg).context("parsing the stored configuration")?;
-    let state: CoordinatorState =
-        serde_json::from_str(&state).context("parsing the stored state")?;
     let machine = Coordinator::restore(cfg.round.clone(), state)?;
     let rec = match machine.history().get((a.round as usize).wrapping_sub(1)) {
         Some(r) => r,

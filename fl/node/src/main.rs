@@ -8,6 +8,7 @@ mod clock;
 mod coordinator;
 mod dataset;
 mod export;
+mod http;
 mod metrics;
 mod modelio;
 mod pg;

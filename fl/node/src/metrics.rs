@@ -88,6 +88,16 @@ const HELP: &[(&str, &str, &str)] = &[
         "register_client calls that succeeded",
     ),
     (
+        "fl_state_commits_total",
+        "counter",
+        "commits of the round machine's state to the metadata database",
+    ),
+    (
+        "fl_state_commit_events_total",
+        "counter",
+        "request events (uploads, registrations, evaluations) committed; over fl_state_commits_total it is the group-commit batch size",
+    ),
+    (
         "fl_current_round",
         "gauge",
         "the round in progress (0 before the first)",

@@ -59,17 +59,62 @@ impl Pg {
         Ok(row.map(|r| (r.get(0), r.get(1))))
     }
 
-    pub async fn save_state(&self, config: &str, state: &str, now_ms: u64) -> Result<()> {
-        self.client
-            .execute(
-                "INSERT INTO coordinator_state (id, config, state, updated_ms) VALUES (1, $1, $2, $3)
-                 ON CONFLICT (id) DO UPDATE SET config = EXCLUDED.config, state = EXCLUDED.state,
-                 updated_ms = EXCLUDED.updated_ms",
-                &[&config, &state, &(now_ms as i64)],
-            )
+    pub async fn load_rounds(&self) -> Result<Vec<String>> {
+        let rows = self
+            .client
+            .query("SELECT record FROM rounds ORDER BY round", &[])
             .await
-            .context("saving coordinator state")?;
-        Ok(())
+            .context("reading round records")?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// One transaction: the state, the new round records and the new models (see
+    /// `store::Commit`). Every statement runs on this one connection, between BEGIN and COMMIT.
+    pub async fn commit(
+        &self,
+        config: &str,
+        state: &str,
+        rounds: &[(i64, String)],
+        models: &[ModelRow],
+        now_ms: u64,
+    ) -> Result<()> {
+        self.client
+            .batch_execute("BEGIN")
+            .await
+            .context("starting a metadata transaction")?;
+        let r = async {
+            self.client
+                .execute(
+                    "INSERT INTO coordinator_state (id, config, state, updated_ms) VALUES (1, $1, $2, $3)
+                     ON CONFLICT (id) DO UPDATE SET config = EXCLUDED.config, state = EXCLUDED.state,
+                     updated_ms = EXCLUDED.updated_ms",
+                    &[&config, &state, &(now_ms as i64)],
+                )
+                .await
+                .context("saving coordinator state")?;
+            for (round, record) in rounds {
+                self.client
+                    .execute(
+                        "INSERT INTO rounds (round, record) VALUES ($1, $2)
+                         ON CONFLICT (round) DO UPDATE SET record = EXCLUDED.record",
+                        &[round, record],
+                    )
+                    .await
+                    .context("recording round")?;
+            }
+            for m in models {
+                self.put_model(m).await?;
+            }
+            self.client
+                .batch_execute("COMMIT")
+                .await
+                .context("committing metadata")
+        }
+        .await;
+        if r.is_err() {
+            let _ = self.client.batch_execute("ROLLBACK").await;
+        }
+        r
     }
 
     pub async fn put_model(&self, m: &ModelRow) -> Result<()> {
@@ -104,17 +149,5 @@ impl Pg {
                 created_ms: r.get::<_, i64>(3) as u64,
             })
             .collect())
-    }
-
-    pub async fn put_round(&self, round: u64, record: &str) -> Result<()> {
-        self.client
-            .execute(
-                "INSERT INTO rounds (round, record) VALUES ($1, $2)
-                 ON CONFLICT (round) DO UPDATE SET record = EXCLUDED.record",
-                &[&(round as i64), &record],
-            )
-            .await
-            .context("recording round")?;
-        Ok(())
     }
 }

@@ -12,11 +12,11 @@
 //! file under a final name is complete. Metadata commits use SQLite's `synchronous = FULL`.
 
 use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result, bail};
+use fl_core::round::CoordinatorState;
 use futures_util::StreamExt;
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::path::Path as ObjPath;
@@ -317,16 +317,38 @@ impl Blobs {
             .join(format!("{}-{n}.part", std::process::id()))
     }
 
-    /// Writes `bytes` durably at `dest` (tmp, fsync, rename, fsync dir).
-    pub fn write_durable(&self, dest: &Path, bytes: &[u8]) -> Result<()> {
+    /// Writes a model durably at `dest`, tensor by tensor from its own buffers (no
+    /// serialised copy of the whole model). Returns the file's length.
+    pub fn write_model_durable(&self, dest: &Path, model: &fl_core::ModelView<'_>) -> Result<u64> {
+        let mut len = 0;
+        self.write_durable_with(dest, |f| {
+            len = model.write_safetensors(f)?;
+            Ok(())
+        })?;
+        Ok(len)
+    }
+
+    /// Durable write of whatever `write` puts into the temporary file (tmp, fsync, rename,
+    /// fsync dir, then the bucket); the temporary file is removed on failure.
+    pub fn write_durable_with(
+        &self,
+        dest: &Path,
+        write: impl FnOnce(&mut File) -> std::io::Result<()>,
+    ) -> Result<()> {
         let tmp = self.tmp_path();
-        let mut f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        f.write_all(bytes)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        f.sync_all()
-            .with_context(|| format!("fsync {}", tmp.display()))?;
-        drop(f);
-        commit(&tmp, dest)?;
+        let r = (|| {
+            let mut f =
+                File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+            write(&mut f).with_context(|| format!("writing {}", tmp.display()))?;
+            f.sync_all()
+                .with_context(|| format!("fsync {}", tmp.display()))?;
+            drop(f);
+            commit(&tmp, dest)
+        })();
+        if r.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        r?;
         self.persist(dest)
     }
 }
@@ -353,6 +375,80 @@ pub struct ModelRow {
     pub round: u64,
     pub size_bytes: u64,
     pub created_ms: u64,
+}
+
+/// What one metadata commit writes, in one transaction: the round machine's state without its
+/// history, the rounds completed since the last commit (the history lives in the `rounds`
+/// table, one row per round, so a commit's size does not grow with the round count), and the
+/// global models stored since then.
+pub struct Commit<'a> {
+    pub config: &'a str,
+    pub state: &'a CoordinatorState,
+    /// History records already in the `rounds` table (the first `saved_rounds`).
+    pub saved_rounds: usize,
+    pub models: &'a [ModelRow],
+    pub now_ms: u64,
+}
+
+/// The state as stored: every field but `history`, which is written as `[]` (the destructuring
+/// is exhaustive, so a new field of the state is a compile error here, not a silent loss).
+fn state_json(state: &CoordinatorState) -> Result<String> {
+    let CoordinatorState {
+        round,
+        phase,
+        clients,
+        global_digest,
+        initial_central,
+        current,
+        history: _,
+        next_timer,
+    } = state;
+    #[derive(serde::Serialize)]
+    struct Stored<'a> {
+        round: &'a u64,
+        phase: &'a fl_core::round::Phase,
+        clients: &'a std::collections::BTreeSet<fl_core::round::ClientId>,
+        global_digest: &'a str,
+        initial_central: &'a Option<fl_core::round::CentralEvaluation>,
+        current: &'a Option<fl_core::round::RoundRecord>,
+        history: [(); 0],
+        next_timer: &'a u64,
+    }
+    Ok(serde_json::to_string(&Stored {
+        round,
+        phase,
+        clients,
+        global_digest,
+        initial_central,
+        current,
+        history: [],
+        next_timer,
+    })?)
+}
+
+impl Commit<'_> {
+    fn rows(&self) -> Result<(String, Vec<(i64, String)>)> {
+        let rounds = self.state.history[self.saved_rounds.min(self.state.history.len())..]
+            .iter()
+            .map(|r| Ok((r.round as i64, serde_json::to_string(r)?)))
+            .collect::<Result<_>>()?;
+        Ok((state_json(self.state)?, rounds))
+    }
+}
+
+/// Parses a stored state; an empty `history` (the current format) is filled from the `rounds`
+/// records, which must be rounds 1, 2, ... in order.
+fn restore_state(state: &str, rounds: Vec<String>) -> Result<CoordinatorState> {
+    let mut s: CoordinatorState =
+        serde_json::from_str(state).context("parsing stored coordinator state")?;
+    if s.history.is_empty() {
+        for (i, r) in rounds.iter().enumerate() {
+            let rec: fl_core::round::RoundRecord = serde_json::from_str(r)
+                .with_context(|| format!("parsing the stored record of round {}", i + 1))?;
+            s.history.push(rec);
+        }
+    }
+    Ok(s)
 }
 
 /// Round metadata: SQLite (embedded default) or PostgreSQL.
@@ -405,33 +501,73 @@ impl Meta {
         }
     }
 
-    pub async fn load_state(&self) -> Result<Option<(String, String)>> {
-        match self {
-            Meta::Postgres(pg) => pg.load_state().await,
-            Meta::Sqlite(_) => Ok(self
-                .sqlite()
-                .query_row(
-                    "SELECT config, state FROM coordinator_state WHERE id = 1",
-                    [],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()
-                .context("reading coordinator state")?),
+    /// The stored configuration and the round machine's state (its history rebuilt from the
+    /// `rounds` table).
+    pub async fn load_state(&self) -> Result<Option<(String, CoordinatorState)>> {
+        let (stored, rounds) = match self {
+            Meta::Postgres(pg) => (pg.load_state().await?, pg.load_rounds().await?),
+            Meta::Sqlite(_) => {
+                let c = self.sqlite();
+                let stored = c
+                    .query_row(
+                        "SELECT config, state FROM coordinator_state WHERE id = 1",
+                        [],
+                        |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+                    )
+                    .optional()
+                    .context("reading coordinator state")?;
+                let mut st = c
+                    .prepare("SELECT record FROM rounds ORDER BY round")
+                    .context("reading round records")?;
+                let rounds = st
+                    .query_map([], |r| r.get::<_, String>(0))
+                    .context("reading round records")?
+                    .collect::<Result<Vec<_>, _>>()
+                    .context("reading round records")?;
+                (stored, rounds)
+            }
+        };
+        match stored {
+            Some((config, state)) => Ok(Some((config, restore_state(&state, rounds)?))),
+            None => Ok(None),
         }
     }
 
-    /// Stores the machine's whole state durably (one transaction, fsynced on commit).
-    pub async fn save_state(&self, config: &str, state: &str, now_ms: u64) -> Result<()> {
+    /// Stores the machine's state, its newly completed rounds and new models durably, in one
+    /// transaction (fsynced on commit).
+    pub async fn commit(&self, c: &Commit<'_>) -> Result<()> {
+        let (state, rounds) = c.rows()?;
         match self {
-            Meta::Postgres(pg) => pg.save_state(config, state, now_ms).await,
+            Meta::Postgres(pg) => {
+                pg.commit(c.config, &state, &rounds, c.models, c.now_ms)
+                    .await
+            }
             Meta::Sqlite(_) => {
-                self.sqlite()
-                    .execute(
-                        "INSERT INTO coordinator_state (id, config, state, updated_ms) VALUES (1, ?1, ?2, ?3)
-                         ON CONFLICT(id) DO UPDATE SET config = ?1, state = ?2, updated_ms = ?3",
-                        params![config, state, now_ms as i64],
+                let mut conn = self.sqlite();
+                let tx = conn
+                    .transaction()
+                    .context("starting a metadata transaction")?;
+                tx.execute(
+                    "INSERT INTO coordinator_state (id, config, state, updated_ms) VALUES (1, ?1, ?2, ?3)
+                     ON CONFLICT(id) DO UPDATE SET config = ?1, state = ?2, updated_ms = ?3",
+                    params![c.config, state, c.now_ms as i64],
+                )
+                .context("saving coordinator state")?;
+                for (round, record) in &rounds {
+                    tx.execute(
+                        "INSERT INTO rounds (round, record) VALUES (?1, ?2) ON CONFLICT(round) DO UPDATE SET record = ?2",
+                        params![round, record],
                     )
-                    .context("saving coordinator state")?;
+                    .context("recording round")?;
+                }
+                for m in c.models {
+                    tx.execute(
+                        "INSERT OR IGNORE INTO models (digest, round, size_bytes, created_ms) VALUES (?1, ?2, ?3, ?4)",
+                        params![m.digest, m.round as i64, m.size_bytes as i64, m.created_ms as i64],
+                    )
+                    .context("recording model")?;
+                }
+                tx.commit().context("committing metadata")?;
                 Ok(())
             }
         }
@@ -476,52 +612,103 @@ impl Meta {
             }
         }
     }
-
-    pub async fn put_round(&self, round: u64, record: &str) -> Result<()> {
-        match self {
-            Meta::Postgres(pg) => pg.put_round(round, record).await,
-            Meta::Sqlite(_) => {
-                self.sqlite()
-                    .execute(
-                        "INSERT INTO rounds (round, record) VALUES (?1, ?2) ON CONFLICT(round) DO UPDATE SET record = ?2",
-                        params![round as i64, record],
-                    )
-                    .context("recording round")?;
-                Ok(())
-            }
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
+
+    /// Drives a real round machine through `rounds` one-client rounds.
+    fn machine(rounds: u64) -> fl_core::round::Coordinator {
+        use fl_core::round::{ClientId, Coordinator, Event, RoundConfig, UpdateId};
+        let cfg = RoundConfig {
+            num_rounds: 10,
+            min_fit_clients: 1,
+            min_available_clients: 1,
+            fraction_evaluate: 0.0,
+            ..RoundConfig::default()
+        };
+        let mut c = Coordinator::new(cfg).unwrap();
+        c.on_event(
+            0,
+            Event::Start {
+                global_digest: "g0".into(),
+            },
+        )
+        .unwrap();
+        c.on_event(
+            1,
+            Event::ClientRegistered {
+                client: ClientId("w".into()),
+            },
+        )
+        .unwrap();
+        for r in 1..=rounds {
+            c.on_event(
+                10 * r,
+                Event::UpdateReceived {
+                    client: ClientId("w".into()),
+                    round: r,
+                    update_id: UpdateId(format!("u{r}")),
+                    num_examples: 3,
+                    metrics: Default::default(),
+                },
+            )
+            .unwrap();
+            c.on_event(
+                10 * r + 1,
+                Event::AggregationDone {
+                    round: r,
+                    global_digest: format!("g{r}"),
+                    metrics: Default::default(),
+                },
+            )
+            .unwrap();
+        }
+        assert_eq!(c.history().len() as u64, rounds);
+        c
+    }
 
     #[tokio::test]
-    async fn sqlite_state_models_and_rounds_survive_reopen() {
+    async fn sqlite_commits_keep_the_history_in_rounds_and_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("m.sqlite").display());
+        let row = ModelRow {
+            digest: "g1".into(),
+            round: 1,
+            size_bytes: 10,
+            created_ms: 5,
+        };
+        let (m1, m3) = (machine(1), machine(3));
         {
             let m = Meta::open(&url).await.unwrap();
             assert_eq!(m.load_state().await.unwrap(), None);
-            m.save_state("c1", "s1", 1).await.unwrap();
-            m.save_state("c2", "s2", 2).await.unwrap();
-            let row = ModelRow {
-                digest: "d".into(),
-                round: 0,
-                size_bytes: 10,
-                created_ms: 5,
+            let commit = |state, saved_rounds, models| Commit {
+                config: "c",
+                state,
+                saved_rounds,
+                models,
+                now_ms: 1,
             };
-            m.put_model(&row).await.unwrap();
-            m.put_model(&row).await.unwrap();
-            m.put_round(1, "{}").await.unwrap();
+            m.commit(&commit(m1.state(), 0, std::slice::from_ref(&row)))
+                .await
+                .unwrap();
+            // Rounds 2 and 3 only are written now; the model again is ignored.
+            m.commit(&commit(m3.state(), 1, std::slice::from_ref(&row)))
+                .await
+                .unwrap();
+            let stored: String = m
+                .sqlite()
+                .query_row("SELECT state FROM coordinator_state", [], |r| r.get(0))
+                .unwrap();
+            assert!(stored.contains("\"history\":[]"), "{stored}");
         }
         let m = Meta::open(&url).await.unwrap();
-        assert_eq!(
-            m.load_state().await.unwrap(),
-            Some(("c2".into(), "s2".into()))
-        );
-        assert_eq!(m.list_models().await.unwrap().len(), 1);
+        let (config, state) = m.load_state().await.unwrap().unwrap();
+        assert_eq!(config, "c");
+        assert_eq!(&state, m3.state());
+        assert_eq!(m.list_models().await.unwrap(), vec![row]);
     }
 
     #[test]
@@ -535,7 +722,7 @@ mod tests {
             0
         );
         let p = b.update_path(3, "w1", "abc");
-        b.write_durable(&p, b"bytes").unwrap();
+        b.write_durable_with(&p, |f| f.write_all(b"bytes")).unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"bytes");
     }
 }

@@ -8,7 +8,6 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use axum::Router;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
@@ -82,51 +81,9 @@ pub fn client_config(ca: &Path, cert_key: Option<(&Path, &Path)>) -> Result<Clie
     })
 }
 
-/// Serves `router` over TLS, one task per connection (handshakes do not block each other).
-pub async fn serve_tls(
-    listener: tokio::net::TcpListener,
-    cfg: Arc<ServerConfig>,
-    router: Router,
-) -> Result<()> {
-    let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
-    let shutdown = crate::coordinator::shutdown_signal();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (tcp, peer) = match accepted {
-                    Ok(x) => x,
-                    Err(e) => { tracing::warn!("accept: {e}"); continue; }
-                };
-                let acceptor = acceptor.clone();
-                let router = router.clone();
-                tokio::spawn(async move {
-                    match acceptor.accept(tcp).await {
-                        Ok(tls) => {
-                            let names = peer_names(tls.get_ref().1.peer_certificates());
-                            let svc = hyper_util::service::TowerToHyperService::new(
-                                router.layer(axum::middleware::map_request(move |req| {
-                                    let names = names.clone();
-                                    async move { with_peer_names(req, names) }
-                                })),
-                            );
-                            let io = hyper_util::rt::TokioIo::new(tls);
-                            if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await {
-                                tracing::debug!(%peer, "connection: {e}");
-                            }
-                        }
-                        Err(e) => tracing::info!(%peer, "tls handshake refused: {e}"),
-                    }
-                });
-            }
-            _ = &mut shutdown => return Ok(()),
-        }
-    }
-}
-
 /// The DNS names (subject alternative names) of a verified client certificate, as the
 /// `HDR_PEER_NAMES` header value; `None` without one.
-fn peer_names(certs: Option<&[CertificateDer<'static>]>) -> Option<axum::http::HeaderValue> {
+pub fn peer_names(certs: Option<&[CertificateDer<'static>]>) -> Option<axum::http::HeaderValue> {
     let cert = certs?.first()?;
     let ee = webpki::EndEntityCert::try_from(cert).ok()?;
     let names: Vec<&str> = ee.valid_dns_names().collect();

@@ -34,6 +34,21 @@ fn safetensors_round_trip_keeps_names_order_dtypes_and_metadata() {
 }
 
 #[test]
+fn streamed_write_gives_the_same_bytes_as_to_safetensors() {
+    let m = mixed_model();
+    let mut out = Vec::new();
+    let n = m.write_safetensors(&mut out).unwrap();
+    assert_eq!(out, m.to_safetensors());
+    assert_eq!(n, out.len() as u64);
+    // A model without metadata too (the header has no `__metadata__` entry then).
+    let plain = ModelView::new(m.tensors().to_vec()).unwrap();
+    let mut out = Vec::new();
+    plain.write_safetensors(&mut out).unwrap();
+    assert_eq!(out, plain.to_safetensors());
+    assert_eq!(ModelView::from_safetensors(&out).unwrap(), plain);
+}
+
+#[test]
 fn reading_is_zero_copy() {
     let m = mixed_model();
     let bytes = m.to_safetensors();

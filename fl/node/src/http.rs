@@ -1,0 +1,104 @@
+//! The HTTP/1.1 server loop, plain or TLS: hyper's connection builder driven directly (not
+//! `axum::serve`) so each connection's read buffer is capped and Nagle is off.
+//!
+//! - `max_buf_size` caps what one connection buffers while reading (hyper's default is about
+//!   400 KiB): with 50 workers uploading at once the default alone would be ~20 MB, five times
+//!   a 1M-parameter model. Body frames are then at most this size, which is also how much of an
+//!   upload is in memory per connection (the upload handler writes each frame to its file).
+//! - `TCP_NODELAY`: a small JSON answer (an upload's ack) goes out at once instead of waiting
+//!   for the client's delayed ACK.
+//!
+//! On SIGTERM/ctrl-c the listener stops accepting, each open connection finishes its request in
+//! flight (hyper's graceful shutdown), and the server returns once they are all closed.
+
+use std::sync::Arc;
+
+use anyhow::Result;
+use axum::Router;
+use rustls::ServerConfig;
+use tokio::task::JoinSet;
+
+/// The most an HTTP/1 connection buffers while reading a request (and the largest body frame).
+pub const MAX_CONN_BUF_BYTES: usize = 64 << 10;
+
+/// Serves `router` on `listener` until a shutdown signal; over TLS when `tls` is given.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    tls: Option<Arc<ServerConfig>>,
+    router: Router,
+) -> Result<()> {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut conns = JoinSet::new();
+    let shutdown = crate::coordinator::shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (tcp, peer) = match accepted {
+                    Ok(x) => x,
+                    Err(e) => { tracing::warn!("accept: {e}"); continue; }
+                };
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(%peer, "TCP_NODELAY: {e}");
+                }
+                let acceptor = acceptor.clone();
+                let router = router.clone();
+                let stop = stop_rx.clone();
+                conns.spawn(async move {
+                    match acceptor {
+                        // Plain HTTP has no client certificate: a client-sent peer-names header
+                        // is dropped.
+                        None => serve_conn(tcp, with_names(router, None), stop, peer).await,
+                        Some(a) => match a.accept(tcp).await {
+                            Ok(tls) => {
+                                let names = crate::tls::peer_names(tls.get_ref().1.peer_certificates());
+                                serve_conn(tls, with_names(router, names), stop, peer).await
+                            }
+                            Err(e) => tracing::info!(%peer, "tls handshake refused: {e}"),
+                        },
+                    }
+                });
+            }
+            // Reap finished connections (a JoinSet keeps them until joined).
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            _ = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    while conns.join_next().await.is_some() {}
+    Ok(())
+}
+
+fn with_names(router: Router, names: Option<axum::http::HeaderValue>) -> Router {
+    router.layer(axum::middleware::map_request(move |req| {
+        let names = names.clone();
+        async move { crate::tls::with_peer_names(req, names) }
+    }))
+}
+
+async fn serve_conn<I>(
+    io: I,
+    router: Router,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    peer: std::net::SocketAddr,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper_util::service::TowerToHyperService::new(router);
+    let conn = hyper::server::conn::http1::Builder::new()
+        .max_buf_size(MAX_CONN_BUF_BYTES)
+        .serve_connection(hyper_util::rt::TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    let r = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = stop.changed() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = r {
+        tracing::debug!(%peer, "connection: {e}");
+    }
+}
