@@ -35,6 +35,8 @@ pub fn version_note(topology_version: Option<&str>) -> String {
         .trim_start_matches('v')
         .split('.')
         .nth(1)
+        // `v1.24+` (a document's "1.24 or later") is read as 1.24.
+        .map(|m| m.trim_end_matches(|c: char| !c.is_ascii_digit()))
         .and_then(|m| m.parse::<u32>().ok());
     match minor {
         Some(m) if m == SCHEMA_KUBERNETES_MINOR => {

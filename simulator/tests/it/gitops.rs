@@ -336,6 +336,21 @@ fn version_outside_the_window_is_said() {
 }
 
 #[test]
+fn a_minimum_version_is_read_and_said_outside_the_window() {
+    // mlops-flux's document says "v1.24+".
+    let report = validate(
+        &fixtures().join("gitops/mlops"),
+        Some(&topology("mlops-flux")),
+    )
+    .expect("validate");
+    assert!(
+        report.notes[0]
+            .contains("the topology runs v1.24+, OUTSIDE k8s-openapi's window 1.33-1.37"),
+        "{report}"
+    );
+}
+
+#[test]
 fn k3s_application_sets_expand_to_one_app_per_element_and_directory() {
     let repo =
         simulator::gitops::loader::read_repo(&fixtures().join("gitops/k3s")).expect("read k3s");
