@@ -11,7 +11,7 @@ use simulator::{Sim, SimOptions, Stop, Topology, WorkloadOverride};
 
 const USAGE: &str = "usage: cargo xtask sim --topology NAME|PATH [--seed N] [--until 30m]
        [--override WORKLOAD=replicas:R,cpu:C,memory:M]... [--faults-json JSON] [--random-faults K]
-       [--shrink] [--check-determinism] [--trace] [--schema]
+       [--shrink] [--check-determinism] [--trace] [--schema] [--fl CLIENTS[xROUNDS]]
 
   --topology        fixtures/topologies/NAME.yaml or a path
   --until           virtual time to run (s, m, h suffix; default 30m)
@@ -20,6 +20,10 @@ const USAGE: &str = "usage: cargo xtask sim --topology NAME|PATH [--seed N] [--u
                     last fault, shrink the fault schedule to a minimal failing one
   --check-determinism  run twice and compare trace hashes
   --trace           print every trace entry
+  --fl              run an FL job (FedAvg, default 5 rounds, every client awaited) on the cluster:
+                    its coordinator Deployment and client StatefulSet (the topology's fl-coordinator
+                    and fl-worker when it documents them, with --override applied) are scheduled
+                    like any pod; the summary says which pods run and why the others are Pending
   --schema          write fixtures/topologies/topology.schema.json and exit";
 
 fn parse_duration(s: &str) -> Result<u64> {
@@ -41,6 +45,7 @@ pub fn run(args: Vec<String>) -> Result<()> {
     let mut until = 30 * MIN;
     let mut options = SimOptions::default();
     let (mut do_shrink, mut determinism, mut trace, mut random) = (false, false, false, 0usize);
+    let mut fl: Option<(usize, u64)> = None;
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
         let mut val = || {
@@ -72,6 +77,16 @@ pub fn run(args: Vec<String>) -> Result<()> {
                 random = val()?.parse().context("--random-faults must be a count")?
             }
             "--shrink" => do_shrink = true,
+            "--fl" => {
+                let v = val()?;
+                let (c, r) = v.split_once('x').unwrap_or((v.as_str(), "5"));
+                let parse = |x: &str, what: &str| {
+                    x.parse::<u64>().ok().filter(|n| *n > 0).with_context(|| {
+                        format!("--fl {v:?}: {what} must be a positive integer (CLIENTS[xROUNDS])")
+                    })
+                };
+                fl = Some((parse(c, "clients")? as usize, parse(r, "rounds")?));
+            }
             "--check-determinism" => determinism = true,
             "--trace" => trace = true,
             "--schema" => {
@@ -141,7 +156,22 @@ pub fn run(args: Vec<String>) -> Result<()> {
         return Ok(());
     }
 
-    let mut sim = Sim::new(topo.clone(), seed, options.clone());
+    let build = || -> Result<Sim> {
+        let mut sim = Sim::new(topo.clone(), seed, options.clone());
+        if let Some((clients, rounds)) = fl {
+            let mut cfg = simulator::fl::FlConfig {
+                clients,
+                ..Default::default()
+            };
+            cfg.round.num_rounds = rounds;
+            cfg.round.min_available_clients = clients;
+            cfg.round.min_fit_clients = clients;
+            let model = simulator::fl::FlModel::new(cfg, seed).map_err(anyhow::Error::msg)?;
+            sim.add_model(Box::new(model));
+        }
+        Ok(sim)
+    };
+    let mut sim = build()?;
     let stop = sim.run_until(until);
     let w = sim.world();
     println!("topology: {} ({})", topo.name, topo.description);
@@ -214,9 +244,12 @@ pub fn run(args: Vec<String>) -> Result<()> {
     if let Some(v) = sim.violation() {
         println!("VIOLATION: {v}");
     }
-    println!("{}", sim.repro());
+    match fl {
+        Some((c, r)) => println!("{} --fl {c}x{r}", sim.repro()),
+        None => println!("{}", sim.repro()),
+    }
     if determinism {
-        let mut again = Sim::new(topo, seed, options);
+        let mut again = build()?;
         again.run_until(until);
         if again.trace_hash() != sim.trace_hash() {
             bail!(
