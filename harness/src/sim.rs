@@ -120,15 +120,20 @@ impl Backend for SimBackend {
         }
         if let Some(fl) = &case.fl {
             // The FL job adopts the topology's documented coordinator and worker workloads:
-            // the scenario's requests replace theirs before the cluster boots, so the pods
-            // created at boot already carry them.
-            let pods = fl_config(fl)?.pods;
+            // the scenario's requests, and the job's size, replace theirs before the cluster
+            // boots, so the pods created at boot already carry them (and `fl.start` on a
+            // running cluster finds every client up, as the platform deploys the job).
+            let cfg = fl_config(fl)?;
+            let pods = cfg.pods;
             for w in &mut topo.workloads {
                 let (cpu, memory) = match w.kind {
                     SimKind::Deployment if w.name == pods.coordinator => {
                         (pods.coordinator_cpu, pods.coordinator_memory)
                     }
                     SimKind::StatefulSet if w.name == pods.clients => {
+                        w.replicas = u32::try_from(cfg.clients).unwrap_or(u32::MAX);
+                        w.pod_management_policy =
+                            simulator::topology::PodManagementPolicy::Parallel;
                         (pods.client_cpu, pods.client_memory)
                     }
                     _ => continue,
