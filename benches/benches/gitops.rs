@@ -1,11 +1,14 @@
 //! GitOps benches:
-//! - `validate --gitops` over all fixtures (target <= 2 s), beside the same validation without
-//!   the `kubectl kustomize` cross-check (pure in-process work);
+//! - `validate --gitops` over all fixtures (target <= 2 s) with every `kubectl kustomize` render
+//!   run (uncached, the renders concurrent), and with the render cache warm (what a second
+//!   `cargo xtask validate` costs), beside the same validation without the `kubectl kustomize`
+//!   cross-check (pure in-process work);
 //! - the mlworkbench app-of-apps converging from empty in the simulator (target <= 0.5 s wall
 //!   per simulated convergence), beside the same cluster simulated for the same virtual time
 //!   without ArgoCD (what the cluster model alone costs);
-//! - a simulated day of ArgoCD reconciling the mlworkbench tree with a node failure every hour
-//!   (one pass; target <= 5 s wall).
+//! - a simulated day of ArgoCD reconciling 30 Applications (the mlworkbench tree and 11
+//!   generated tenant apps) with a node failure every hour, every Application Synced and Healthy
+//!   at the end (one pass; target <= 5 s wall), beside the same day without ArgoCD.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
 use std::path::{Path, PathBuf};
@@ -13,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use benches::{Row, Target, write_rows};
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use simulator::gitops::Kubectl;
 use simulator::gitops::argo::ArgoCd;
 use simulator::gitops::loader::read_repo;
 use simulator::gitops::repo::Repo;
@@ -73,11 +77,90 @@ fn idle(mut sim: Sim, virtual_us: u64) -> u64 {
     sim.world().events_processed()
 }
 
-/// A simulated day of ArgoCD reconciling the converged tree, one node killed every hour and
-/// restored 20 minutes later. Returns (Applications, events, trace hash).
-fn day(repo: Repo) -> (usize, u64, String) {
-    let mut sim = booted();
-    let id = ArgoCd::start(&mut sim, repo);
+/// Applications in the day case.
+const DAY_APPS: usize = 30;
+
+/// The mlworkbench tree plus generated tenant Applications under platform-app, `DAY_APPS` in
+/// all: each tenant a small Deployment and its Service in its own namespace (no volume, so a
+/// node failure moves it).
+fn with_tenants(repo: &Repo) -> Repo {
+    let base = simulator::gitops::tree::Tree::build(repo).units.len();
+    let mut files = repo.files.clone();
+    for i in 1..=DAY_APPS.saturating_sub(base) {
+        let name = format!("tenant-{i:02}");
+        files.insert(
+            format!("argocd-apps/platform/{name}.yaml"),
+            format!(
+                "apiVersion: argoproj.io/v1alpha1
+kind: Application
+metadata:
+  name: {name}
+  namespace: argocd
+  finalizers:
+    - resources-finalizer.argocd.argoproj.io
+spec:
+  project: default
+  source:
+    repoURL: https://github.com/mlworkbench/mlworkbench.git
+    targetRevision: main
+    path: namespaces/tenants/{name}
+  destination:
+    server: https://kubernetes.default.svc
+    namespace: {name}
+  syncPolicy:
+    automated:
+      prune: true
+      selfHeal: true
+    syncOptions:
+      - CreateNamespace=true
+"
+            ),
+        );
+        files.insert(
+            format!("namespaces/tenants/{name}/app.yaml"),
+            format!(
+                "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {name}
+  namespace: {name}
+spec:
+  replicas: 1
+  selector:
+    matchLabels:
+      app: {name}
+  template:
+    metadata:
+      labels:
+        app: {name}
+    spec:
+      containers:
+        - name: app
+          image: nginx:1.27
+          resources:
+            requests:
+              cpu: 20m
+              memory: 32Mi
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: {name}
+  namespace: {name}
+spec:
+  selector:
+    app: {name}
+  ports:
+    - port: 80
+"
+            ),
+        );
+    }
+    Repo::new(repo.revision, files)
+}
+
+/// One node killed every hour of a simulated day, restored 20 minutes later.
+fn hourly_node_failures(sim: &mut Sim) -> u64 {
     let names: Vec<String> = sim.world().nodes().iter().map(|n| n.name.clone()).collect();
     let t0 = sim.now();
     for h in 1..24u64 {
@@ -85,16 +168,42 @@ fn day(repo: Repo) -> (usize, u64, String) {
         sim.schedule_fault(t0 + h * HOUR, Fault::KillNode { node: node.clone() });
         sim.schedule_fault(t0 + h * HOUR + 20 * MIN, Fault::RestoreNode { node });
     }
+    t0
+}
+
+/// A simulated day of ArgoCD reconciling `repo`, one node killed every hour and restored 20
+/// minutes later; every Application must be Synced and Healthy at the end. Returns
+/// (Applications, events, trace hash).
+fn day(repo: Repo) -> (usize, u64, String) {
+    let mut sim = booted();
+    let id = ArgoCd::start(&mut sim, repo);
+    let t0 = hourly_node_failures(&mut sim);
     sim.run_until(t0 + 24 * HOUR);
     assert!(sim.violation().is_none(), "{:?}", sim.violation());
-    let apps = sim.model::<ArgoCd>(id).expect("argocd model").apps().len();
+    let argo = sim.model::<ArgoCd>(id).expect("argocd model");
+    assert!(
+        argo.converged(),
+        "not every Application is Synced and Healthy after the day:\n{}",
+        sim.model_summaries().join("\n")
+    );
+    let apps = argo.apps().len();
     (apps, sim.world().events_processed(), sim.trace_hash())
+}
+
+/// The reference: the same day and faults, the cluster alone. Returns its events.
+fn day_without_argocd() -> u64 {
+    let mut sim = booted();
+    let t0 = hourly_node_failures(&mut sim);
+    sim.run_until(t0 + 24 * HOUR);
+    sim.world().events_processed()
 }
 
 fn bench(c: &mut Criterion) {
     let gitops = fixtures().join("gitops");
     let crds = fixtures().join("crds");
-    let kubectl = simulator::gitops::loader::kubectl();
+    // On PATH, else where `cargo xtask setup gitops` installs it.
+    let kubectl =
+        simulator::gitops::loader::find_kubectl(&[fixtures().join("../target/tools/kubectl/bin")]);
     println!(
         "gitops bench: kubectl {}",
         kubectl
@@ -113,12 +222,35 @@ fn bench(c: &mut Criterion) {
             assert!(r.is_ok(), "{r}");
         })
     });
+    let uncached = kubectl.clone().map(Kubectl::new);
     g.bench_function("all_fixtures_with_kubectl_kustomize", |b| {
         b.iter(|| {
-            let r =
-                simulator::gitops::validate_with(&gitops, Some(&crds), None, kubectl.as_deref())
-                    .expect("validate");
+            let r = simulator::gitops::validate_with(&gitops, Some(&crds), None, uncached.as_ref())
+                .expect("validate");
             assert!(r.is_ok(), "{r}");
+        })
+    });
+    let cache = tempfile::tempdir().expect("cache dir");
+    let warm = kubectl
+        .clone()
+        .map(|k| Kubectl::new(k).cached(cache.path()));
+    // Fill the cache once; every timed run then finds each render there.
+    let r = simulator::gitops::validate_with(&gitops, Some(&crds), None, warm.as_ref())
+        .expect("validate");
+    assert!(r.is_ok(), "{r}");
+    g.bench_function("all_fixtures_render_cache_warm", |b| {
+        b.iter(|| {
+            let r = simulator::gitops::validate_with(&gitops, Some(&crds), None, warm.as_ref())
+                .expect("validate");
+            assert!(r.is_ok(), "{r}");
+            if warm.is_some() {
+                assert!(
+                    r.notes
+                        .iter()
+                        .any(|n| n.contains("from the render cache") && !n.contains(" 0 of them")),
+                    "{r}"
+                );
+            }
         })
     });
     g.finish();
@@ -150,16 +282,38 @@ fn bench(c: &mut Criterion) {
     g.finish();
 
     let t = Instant::now();
-    let (day_apps, events, hash) = day(repo);
+    let (day_apps, events, hash) = day(with_tenants(&repo));
     let day_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let ref_events = day_without_argocd();
+    let ref_s = t.elapsed().as_secs_f64();
+    assert_eq!(
+        day_apps, DAY_APPS,
+        "the day case reconciles {DAY_APPS} Applications"
+    );
     println!(
-        "gitops day: ArgoCD reconciling {day_apps} applications for a simulated day, a node failure every hour: {day_s:.2}s wall, {events} events, trace-hash {hash} (target <= 5 s)"
+        "gitops day: ArgoCD reconciling {day_apps} applications for a simulated day, a node failure every hour, all Synced and Healthy at the end: {day_s:.2}s wall, {events} events, trace-hash {hash} (target <= 5 s); reference, the same day without ArgoCD: {ref_s:.2}s wall, {ref_events} events"
     );
 
     let rows = [
         Row {
-            case: "validate --gitops, all fixtures (with kubectl kustomize where installed)".into(),
+            case: format!(
+                "validate --gitops, all fixtures, every kubectl kustomize render run ({})",
+                if kubectl.is_some() {
+                    "kubectl installed"
+                } else {
+                    "kubectl NOT installed: in-process only"
+                }
+            ),
             criterion: Some("gitops_validate/all_fixtures_with_kubectl_kustomize".into()),
+            reference: Some("gitops_validate/reference_in_process_only".into()),
+            targets: vec![Target::MaxTimeMs(2_000.0)],
+            ..Row::default()
+        },
+        Row {
+            case: "validate --gitops, all fixtures, kubectl kustomize renders from a warm cache"
+                .into(),
+            criterion: Some("gitops_validate/all_fixtures_render_cache_warm".into()),
             reference: Some("gitops_validate/reference_in_process_only".into()),
             targets: vec![Target::MaxTimeMs(2_000.0)],
             ..Row::default()
@@ -176,7 +330,7 @@ fn bench(c: &mut Criterion) {
         },
         Row {
             case: format!(
-                "simulated day of ArgoCD ({day_apps} apps), a node failure every hour ({events} events)"
+                "simulated day of ArgoCD ({day_apps} apps, all Synced and Healthy at the end), a node failure every hour ({events} events; the cluster alone: {ref_s:.2}s, {ref_events} events)"
             ),
             value: Some(day_s),
             unit: Some("s wall".into()),

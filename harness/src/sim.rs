@@ -118,13 +118,35 @@ impl Backend for SimBackend {
             let spec = to_workload_spec(w, &mut topo)?;
             topo.workloads.push(spec);
         }
-        if let Some(fl) = &case.fl {
+        if let Some(fl) = case
+            .fl
+            .as_ref()
+            .filter(|f| f.system == crate::scenario::FlSystem::Fl)
+        {
             // The FL job adopts the topology's documented coordinator and worker workloads:
             // the scenario's requests, and the job's size, replace theirs before the cluster
             // boots, so the pods created at boot already carry them (and `fl.start` on a
             // running cluster finds every client up, as the platform deploys the job).
             let cfg = fl_config(fl)?;
-            let pods = cfg.pods;
+            let pods = cfg.pods.clone();
+            // A topology that documents no FL workloads gets the job's own, deployed with the
+            // platform like the documented ones.
+            let (coord, clients) = pods.new_workloads(cfg.clients);
+            for spec in [coord, clients] {
+                if !topo
+                    .workloads
+                    .iter()
+                    .any(|w| w.kind == spec.kind && w.name == spec.name)
+                {
+                    if !topo.namespaces.iter().any(|n| n.name == spec.namespace) {
+                        topo.namespaces.push(simulator::topology::NamespaceSpec {
+                            name: spec.namespace.clone(),
+                            quota: None,
+                        });
+                    }
+                    topo.workloads.push(spec);
+                }
+            }
             for w in &mut topo.workloads {
                 let (cpu, memory) = match w.kind {
                     SimKind::Deployment if w.name == pods.coordinator => {

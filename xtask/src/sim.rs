@@ -5,13 +5,17 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use simulator::fault::{faults_json, parse_faults_json};
+use simulator::gitops::argo::ArgoCd;
+use simulator::gitops::flux::Flux;
+use simulator::gitops::loader::read_repo;
 use simulator::shrink::{random_faults, shrink_recovery};
 use simulator::timings::{MIN, SEC};
 use simulator::{Sim, SimOptions, Stop, Topology, WorkloadOverride};
 
 const USAGE: &str = "usage: cargo xtask sim --topology NAME|PATH [--seed N] [--until 30m]
        [--override WORKLOAD=replicas:R,cpu:C,memory:M]... [--faults-json JSON] [--random-faults K]
-       [--shrink] [--check-determinism] [--trace] [--schema] [--fl CLIENTS[xROUNDS]]
+       [--shrink] [--check-determinism] [--trace] [--schema] [--gitops [REPO]]
+       [--fl CLIENTS[xROUNDS]]
 
   --topology        fixtures/topologies/NAME.yaml or a path
   --until           virtual time to run (s, m, h suffix; default 30m)
@@ -24,6 +28,13 @@ const USAGE: &str = "usage: cargo xtask sim --topology NAME|PATH [--seed N] [--u
                     its coordinator Deployment and client StatefulSet (the topology's fl-coordinator
                     and fl-worker when it documents them, with --override applied) are scheduled
                     like any pod; the summary says which pods run and why the others are Pending
+  --gitops [REPO]   deploy the platform by GitOps instead of the topology's documented workloads:
+                    once every node is Ready, the topology's controller (`gitops: argocd|flux`)
+                    applies fixtures/gitops/REPO/bootstrap/ (REPO defaults to the topology name
+                    up to its first `-`: mlworkbench-kvm -> mlworkbench; with a `/`, REPO is a
+                    repository folder); the summary lists each sync wave (ArgoCD) or Ready
+                    Kustomization (Flux) with its times, and every wave held by an unhealthy
+                    resource
   --schema          write fixtures/topologies/topology.schema.json and exit";
 
 fn parse_duration(s: &str) -> Result<u64> {
@@ -46,8 +57,14 @@ pub fn run(args: Vec<String>) -> Result<()> {
     let mut options = SimOptions::default();
     let (mut do_shrink, mut determinism, mut trace, mut random) = (false, false, false, 0usize);
     let mut fl: Option<(usize, u64)> = None;
-    let mut it = args.into_iter();
+    let mut gitops: Option<Option<String>> = None;
+    let mut it = args.into_iter().peekable();
     while let Some(a) = it.next() {
+        if a == "--gitops" {
+            let repo = it.next_if(|v| !v.starts_with('-'));
+            gitops = Some(repo);
+            continue;
+        }
         let mut val = || {
             it.next()
                 .with_context(|| format!("{a} needs a value\n{USAGE}"))
@@ -114,6 +131,17 @@ pub fn run(args: Vec<String>) -> Result<()> {
             .join(format!("{topology}.yaml"))
     };
     let topo = Topology::load(&path)?;
+    let gitops = match gitops {
+        Some(repo) => {
+            if do_shrink {
+                bail!("--shrink does not take --gitops (it shrinks the cluster's fault schedule)");
+            }
+            // The tree deploys the platform, not the topology's documented list.
+            options.apply_topology_workloads = false;
+            Some(GitopsRun::load(&topo, repo)?)
+        }
+        None => None,
+    };
     if random > 0 {
         options.faults.extend(random_faults(
             &topo,
@@ -172,7 +200,10 @@ pub fn run(args: Vec<String>) -> Result<()> {
         Ok(sim)
     };
     let mut sim = build()?;
-    let stop = sim.run_until(until);
+    let (stop, controller) = match &gitops {
+        Some(g) => g.run(&mut sim, until),
+        None => (sim.run_until(until), None),
+    };
     let w = sim.world();
     println!("topology: {} ({})", topo.name, topo.description);
     println!(
@@ -235,6 +266,9 @@ pub fn run(args: Vec<String>) -> Result<()> {
     for line in sim.model_summaries() {
         println!("{line}");
     }
+    if let (Some(g), Some(c)) = (&gitops, controller) {
+        g.report(&sim, c);
+    }
     if trace {
         for e in sim.trace().entries() {
             println!("  {e}");
@@ -244,13 +278,29 @@ pub fn run(args: Vec<String>) -> Result<()> {
     if let Some(v) = sim.violation() {
         println!("VIOLATION: {v}");
     }
-    match fl {
-        Some((c, r)) => println!("{} --fl {c}x{r}", sim.repro()),
-        None => println!("{}", sim.repro()),
+    let fl_arg = fl
+        .map(|(c, r)| format!(" --fl {c}x{r}"))
+        .unwrap_or_default();
+    match &gitops {
+        // The engine's repro line knows nothing of the controller started here.
+        Some(g) => println!(
+            "repro: cargo xtask sim --topology {} --seed {seed} --until {}s --gitops {}{fl_arg}",
+            topo.name,
+            until / SEC,
+            g.repo_name
+        ),
+        None => println!("{}{fl_arg}", sim.repro()),
     }
     if determinism {
         let mut again = build()?;
-        again.run_until(until);
+        match &gitops {
+            Some(g) => {
+                g.run(&mut again, until);
+            }
+            None => {
+                again.run_until(until);
+            }
+        }
         if again.trace_hash() != sim.trace_hash() {
             bail!(
                 "determinism check failed: {} != {}",
@@ -265,4 +315,217 @@ pub fn run(args: Vec<String>) -> Result<()> {
         bail!("invariant violated");
     }
     Ok(())
+}
+
+/// `--gitops`: the platform's repository and the controller that reconciles it.
+struct GitopsRun {
+    repo_name: String,
+    repo: simulator::gitops::repo::Repo,
+    flux: bool,
+}
+
+/// Bound on the virtual time to wait for every node to be Ready before bootstrapping.
+const BOOT_LIMIT: u64 = 30 * MIN;
+
+impl GitopsRun {
+    fn load(topo: &Topology, repo: Option<String>) -> Result<Self> {
+        let repo_name = repo.unwrap_or_else(|| {
+            topo.name
+                .split('-')
+                .next()
+                .unwrap_or(&topo.name)
+                .to_string()
+        });
+        // A name is a fixture; anything with a `/` a repository folder (a planted copy).
+        let dir = if repo_name.contains('/') {
+            PathBuf::from(&repo_name)
+        } else {
+            crate::workspace_root()
+                .join("fixtures/gitops")
+                .join(&repo_name)
+        };
+        if !dir.join(simulator::gitops::tree::BOOTSTRAP_DIR).is_dir() {
+            bail!(
+                "--gitops: {} is no GitOps repository (no bootstrap/ folder) for topology {} (name one: --gitops REPO or --gitops DIR)",
+                dir.display(),
+                topo.name
+            );
+        }
+        let repo = read_repo(&dir).with_context(|| format!("--gitops {repo_name}"))?;
+        let flux = match topo.gitops.as_deref() {
+            Some("flux") => true,
+            Some("argocd") => false,
+            Some(other) => bail!(
+                "topology {} names GitOps controller `{other}` (the simulator models argocd and flux)",
+                topo.name
+            ),
+            None => bail!(
+                "topology {} names no GitOps controller (`gitops: argocd|flux`)",
+                topo.name
+            ),
+        };
+        let flux_tree = simulator::gitops::tree::Tree::build(&repo)
+            .units
+            .iter()
+            .any(|u| {
+                matches!(
+                    u.kind,
+                    simulator::gitops::tree::UnitKind::FluxKustomization
+                        | simulator::gitops::tree::UnitKind::FluxHelmRelease
+                )
+            });
+        if flux != flux_tree {
+            bail!(
+                "--gitops {repo_name}: topology {} runs {} but the tree is {}",
+                topo.name,
+                if flux { "Flux" } else { "ArgoCD" },
+                if flux_tree {
+                    "a Flux tree"
+                } else {
+                    "an ArgoCD tree"
+                }
+            );
+        }
+        Ok(Self {
+            repo_name,
+            repo,
+            flux,
+        })
+    }
+
+    /// Boots the cluster to every node Ready, bootstraps the controller, runs to `until`.
+    fn run(&self, sim: &mut Sim, until: u64) -> (Stop, Option<simulator::ModelId>) {
+        let stop = sim.run_until_pred(until.min(BOOT_LIMIT), u64::MAX, |w| w.nodes_ready());
+        if stop != Stop::Predicate {
+            return (
+                if stop == Stop::Violation {
+                    stop
+                } else {
+                    sim.run_until(until)
+                },
+                None,
+            );
+        }
+        let id = if self.flux {
+            Flux::start(sim, self.repo.clone())
+        } else {
+            ArgoCd::start(sim, self.repo.clone())
+        };
+        (sim.run_until(until), Some(id))
+    }
+
+    fn report(&self, sim: &Sim, id: simulator::ModelId) {
+        let fmt = simulator::fmt_time;
+        if let Some(f) = sim.model::<Flux>(id) {
+            println!(
+                "gitops: Flux, {}: {}",
+                self.repo_name,
+                if f.converged() {
+                    "every Kustomization and HelmRelease Ready"
+                } else {
+                    "NOT converged"
+                }
+            );
+            let tree = simulator::gitops::tree::Tree::build(&self.repo);
+            for (name, at) in f.ready_order() {
+                let after = tree
+                    .find(name)
+                    .map(|u| tree.units[u].depends_on.join(", "))
+                    .filter(|d| !d.is_empty())
+                    .map(|d| format!(" (dependsOn: {d})"))
+                    .unwrap_or_default();
+                println!("  ready at {:>9}  {name}{after}", fmt(*at));
+            }
+            return;
+        }
+        let Some(a) = sim.model::<ArgoCd>(id) else {
+            return;
+        };
+        println!(
+            "gitops: ArgoCD, {}: {} applications, {}",
+            self.repo_name,
+            a.apps().len(),
+            if a.converged() {
+                "all Synced and Healthy"
+            } else {
+                "NOT converged"
+            }
+        );
+        println!("  waves (app, phase and wave: applied -> every resource Healthy):");
+        for w in a.wave_events() {
+            // The CreateNamespace=true step runs before every PreSync hook.
+            let step = if w.wave == i64::MIN {
+                "CreateNamespace".to_string()
+            } else {
+                format!("{:?} wave {}", w.phase, w.wave)
+            };
+            println!(
+                "  {:>9} -> {:>9}  {} {step}",
+                fmt(w.started),
+                fmt(w.healthy_at),
+                w.app
+            );
+        }
+        for (app, b) in a.blocked() {
+            println!(
+                "  BLOCKED {app}: {:?} wave {} waits on {} since {}: {}",
+                b.phase,
+                b.wave,
+                b.object,
+                fmt(b.since),
+                b.reason
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::run;
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn gitops_runs_the_topologys_controller_on_its_tree() {
+        run(args(&[
+            "--topology",
+            "mlworkbench-kvm",
+            "--gitops",
+            "--until",
+            "10m",
+        ]))
+        .expect("argocd on mlworkbench");
+        run(args(&[
+            "--topology",
+            "mlops-flux",
+            "--gitops",
+            "mlops",
+            "--until",
+            "10m",
+        ]))
+        .expect("flux on mlops");
+    }
+
+    #[test]
+    fn gitops_without_a_tree_or_with_the_other_controllers_tree_is_an_error() {
+        let e = run(args(&["--topology", "mlworkbench-kvm", "--gitops", "nope"]))
+            .expect_err("no such tree");
+        assert!(
+            format!("{e:#}").contains("fixtures/gitops/nope is no GitOps repository"),
+            "{e:#}"
+        );
+        let e = run(args(&[
+            "--topology",
+            "mlworkbench-kvm",
+            "--gitops",
+            "mlops",
+        ]))
+        .expect_err("a Flux tree on an ArgoCD topology");
+        assert!(
+            format!("{e:#}").contains("runs ArgoCD but the tree is a Flux tree"),
+            "{e:#}"
+        );
+    }
 }

@@ -112,6 +112,51 @@ impl Default for FlPods {
     }
 }
 
+impl FlPods {
+    /// The coordinator's Deployment (one replica, with a Service) and the clients' Parallel
+    /// StatefulSet (`clients` replicas) the job creates when the cluster has no workloads of
+    /// those names: in [`FlPods::namespace`], with the job's requests or the `DEFAULT_*` ones.
+    pub fn new_workloads(&self, clients: usize) -> (WorkloadSpec, WorkloadSpec) {
+        let spec = |kind: WorkloadKind, name: &str, replicas: usize, cpu: Cpu, memory: Bytes| {
+            WorkloadSpec {
+                kind,
+                name: name.to_string(),
+                namespace: self.namespace.clone(),
+                replicas: u32::try_from(replicas).unwrap_or(u32::MAX),
+                cpu,
+                memory,
+                priority_class: None,
+                volumes: Vec::new(),
+                tolerations: Vec::new(),
+                node_selector: BTreeMap::new(),
+                service: kind == WorkloadKind::Deployment,
+                pod_management_policy: match kind {
+                    WorkloadKind::StatefulSet => PodManagementPolicy::Parallel,
+                    _ => PodManagementPolicy::default(),
+                },
+                source: Some("fl job (simulator defaults)".into()),
+            }
+        };
+        (
+            spec(
+                WorkloadKind::Deployment,
+                &self.coordinator,
+                1,
+                self.coordinator_cpu.unwrap_or(DEFAULT_COORDINATOR_CPU),
+                self.coordinator_memory
+                    .unwrap_or(DEFAULT_COORDINATOR_MEMORY),
+            ),
+            spec(
+                WorkloadKind::StatefulSet,
+                &self.clients,
+                clients,
+                self.client_cpu.unwrap_or(DEFAULT_CLIENT_CPU),
+                self.client_memory.unwrap_or(DEFAULT_CLIENT_MEMORY),
+            ),
+        )
+    }
+}
+
 /// Where the job's pods stand ([`FlModel::pod_status`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FlPodStatus {
@@ -1029,40 +1074,12 @@ impl FlModel {
                 .find(|w| w.spec.kind == kind && w.spec.name == name)
                 .map(|w| w.spec.clone())
         };
-        let fresh = |kind: WorkloadKind, name: &str, cpu: Cpu, memory: Bytes| WorkloadSpec {
-            kind,
-            name: name.to_string(),
-            namespace: pods.namespace.clone(),
-            replicas: 1,
-            cpu,
-            memory,
-            priority_class: None,
-            volumes: Vec::new(),
-            tolerations: Vec::new(),
-            node_selector: BTreeMap::new(),
-            service: kind == WorkloadKind::Deployment,
-            pod_management_policy: PodManagementPolicy::default(),
-            source: Some("fl job (simulator defaults)".into()),
-        };
-        let mut coord = find(WorkloadKind::Deployment, &pods.coordinator).unwrap_or_else(|| {
-            fresh(
-                WorkloadKind::Deployment,
-                &pods.coordinator,
-                DEFAULT_COORDINATOR_CPU,
-                DEFAULT_COORDINATOR_MEMORY,
-            )
-        });
+        let (new_coord, new_clients) = pods.new_workloads(self.clients.len());
+        let mut coord = find(WorkloadKind::Deployment, &pods.coordinator).unwrap_or(new_coord);
         coord.replicas = 1;
         coord.cpu = pods.coordinator_cpu.unwrap_or(coord.cpu);
         coord.memory = pods.coordinator_memory.unwrap_or(coord.memory);
-        let mut clients = find(WorkloadKind::StatefulSet, &pods.clients).unwrap_or_else(|| {
-            fresh(
-                WorkloadKind::StatefulSet,
-                &pods.clients,
-                DEFAULT_CLIENT_CPU,
-                DEFAULT_CLIENT_MEMORY,
-            )
-        });
+        let mut clients = find(WorkloadKind::StatefulSet, &pods.clients).unwrap_or(new_clients);
         clients.replicas = self.clients.len() as u32;
         // Clients start together, not one by one behind each other's readiness.
         clients.pod_management_policy = PodManagementPolicy::Parallel;

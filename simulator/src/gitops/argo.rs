@@ -45,6 +45,7 @@
 
 use std::any::Any;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use serde_json::Value;
 
@@ -181,7 +182,9 @@ struct Desired {
     wave: i64,
     hook: Option<Phase>,
     kind_order: usize,
-    manifest: Value,
+    /// Shared between a revision's [`Derived`] and what was applied from it: the Git-diff
+    /// check of every refresh is then a pointer comparison.
+    manifest: Arc<Value>,
     target: Target,
     /// The file the manifest came from (ApplicationSets: the Applications generated from it).
     file: String,
@@ -191,7 +194,29 @@ struct Desired {
 struct Step {
     phase: Phase,
     wave: i64,
-    items: Vec<Desired>,
+    /// Shared: a running sync re-reads its step on every health refresh.
+    items: Arc<[Desired]>,
+}
+
+/// What one Application of the current tree derives to: its desired resources and the sync
+/// policy read from its definition. Pure in (Application, Git revision), so it is computed once
+/// per revision ([`ArgoCd::derived`]) instead of on every refresh; a refresh runs for every
+/// Application on every cluster change, and deriving renders every manifest into cluster
+/// objects.
+#[derive(Debug)]
+struct Derived {
+    /// The render error of the app's manifests (ComparisonError), if any.
+    comparison_error: Option<String>,
+    desired: Vec<Desired>,
+    /// Ids of `desired` (prune and "extra" checks).
+    ids: BTreeSet<String>,
+    automated: bool,
+    self_heal: bool,
+    prune: bool,
+    /// `spec.syncPolicy.retry`.
+    retry: Option<Value>,
+    create_namespace: bool,
+    namespace: String,
 }
 
 #[derive(Debug, Clone)]
@@ -221,7 +246,7 @@ struct App {
     sync_attempts: u32,
     blocked: Option<Blocked>,
     /// Last applied manifests by id, with where they went (for prune and Git diffs).
-    applied: BTreeMap<String, (Value, Target)>,
+    applied: BTreeMap<String, (Arc<Value>, Target)>,
     next_reconcile: Time,
     next_op: Option<Time>,
     /// Whether the first sync completed (a child's health is Progressing before).
@@ -239,6 +264,9 @@ pub struct ArgoCd {
     /// Index in `commits` of the tree below.
     tree_commit: usize,
     tree: Tree,
+    /// [`Derived`] per Application name for `tree_commit`'s revision; emptied when the tree
+    /// changes (a new commit fetched) and on [`ArgoCd::commit`].
+    derived: BTreeMap<String, Arc<Derived>>,
     apps: Vec<App>,
     by_name: BTreeMap<String, usize>,
     waves: Vec<WaveEvent>,
@@ -255,6 +283,7 @@ impl ArgoCd {
             commits: vec![(0, repo)],
             tree_commit: 0,
             tree,
+            derived: BTreeMap::new(),
             apps: Vec::new(),
             by_name: BTreeMap::new(),
             waves: Vec::new(),
@@ -273,6 +302,7 @@ impl ArgoCd {
     pub fn commit(&mut self, at: Time, repo: Repo) {
         let last = self.commits.last().map_or(0, |c| c.0);
         self.commits.push((at.max(last), repo));
+        self.derived.clear();
     }
 
     /// Application names, in creation order.
@@ -378,18 +408,36 @@ impl ArgoCd {
         world.wake(world.now(), me, tag(i, TAG_RECONCILE));
     }
 
-    fn unit(&self, app: &str) -> Option<&Unit> {
-        self.tree.find(app).map(|i| &self.tree.units[i])
-    }
-
-    /// The render error of an app's manifests, if any.
-    fn comparison_error(&self, unit: &Unit) -> Option<String> {
+    /// What app `name` derives to at the tree's revision (None: not in the tree), cached.
+    fn derived(&mut self, name: &str) -> Option<Arc<Derived>> {
+        if let Some(d) = self.derived.get(name) {
+            return Some(d.clone());
+        }
+        let unit = &self.tree.units[self.tree.find(name)?];
         let id = unit.definition.id();
-        self.tree
+        let comparison_error = self
+            .tree
             .findings
             .iter()
             .find(|f| f.object == id)
-            .map(|f| format!("ComparisonError: {f}"))
+            .map(|f| format!("ComparisonError: {f}"));
+        let policy = unit.definition.value.pointer("/spec/syncPolicy");
+        let auto = policy.and_then(|p| p.get("automated"));
+        let flag = |k: &str| auto.and_then(|a| a.get(k)).and_then(Value::as_bool) == Some(true);
+        let desired = desired_of(unit);
+        let d = Arc::new(Derived {
+            comparison_error,
+            ids: desired.iter().map(|d| d.id.clone()).collect(),
+            desired,
+            automated: auto.is_some(),
+            self_heal: flag("selfHeal"),
+            prune: flag("prune"),
+            retry: policy.and_then(|p| p.get("retry")).cloned(),
+            create_namespace: unit.create_namespace,
+            namespace: unit.namespace.clone(),
+        });
+        self.derived.insert(name.to_string(), d.clone());
+        Some(d)
     }
 
     fn reconcile(&mut self, world: &mut World, me: ModelId, i: usize) {
@@ -398,6 +446,7 @@ impl ArgoCd {
         if head != self.tree_commit {
             self.tree_commit = head;
             self.tree = Tree::build(&self.commits[head].1);
+            self.derived.clear();
             world.trace_ext(
                 "argocd",
                 "git-fetch",
@@ -414,44 +463,44 @@ impl ArgoCd {
     /// Compares desired to live, updates status, starts an automated sync when due.
     fn refresh(&mut self, world: &mut World, me: ModelId, i: usize, may_sync: bool) {
         let name = self.apps[i].name.clone();
-        let Some(unit) = self.unit(&name).cloned() else {
+        let Some(derived) = self.derived(&name) else {
             return;
         };
-        if let Some(err) = self.comparison_error(&unit) {
+        if let Some(err) = &derived.comparison_error {
             let a = &mut self.apps[i];
             if a.sync != SyncStatus::Unknown {
                 world.trace_ext("argocd", "comparison-error", format!("{name}: {err}"));
             }
             a.sync = SyncStatus::Unknown;
-            a.condition = Some(err);
+            a.condition = Some(err.clone());
             a.synced_healthy_at = None;
             return;
         }
-        let desired = desired_of(&unit);
+        let desired = &derived.desired;
         let rev = self.revision();
         let mut git_diff = false;
         let mut live_drift = false;
         for d in desired.iter().filter(|d| d.hook.is_none()) {
-            match self.apps[i].applied.get(&d.id) {
-                Some((m, _)) if *m == d.manifest => {}
+            match self.apps[i].applied.get_mut(&d.id) {
+                Some((m, _)) if Arc::ptr_eq(m, &d.manifest) => {}
+                Some((m, _)) if **m == *d.manifest => {
+                    // The same manifest from a new revision: share it, so the next refresh
+                    // compares pointers again.
+                    *m = d.manifest.clone();
+                }
                 _ => git_diff = true,
             }
             if self.live_differs(world, d) {
                 live_drift = true;
             }
         }
-        let ids: BTreeSet<&str> = desired.iter().map(|d| d.id.as_str()).collect();
         let extra = self.apps[i]
             .applied
             .keys()
-            .any(|k| !ids.contains(k.as_str()));
+            .any(|k| !derived.ids.contains(k));
         let out_of_sync = git_diff || live_drift || extra;
-        let (health, message) = self.assess(world, &desired);
-        let auto = unit.definition.value.pointer("/spec/syncPolicy/automated");
-        let self_heal = auto
-            .and_then(|a| a.get("selfHeal"))
-            .and_then(Value::as_bool)
-            == Some(true);
+        let (health, message) = self.assess(world, desired);
+        let self_heal = derived.self_heal;
         let a = &mut self.apps[i];
         let was = (a.sync, a.health);
         a.sync = if out_of_sync {
@@ -491,12 +540,12 @@ impl ArgoCd {
         // Automated sync: Git changes always; live drift only with selfHeal; not again for a
         // revision whose sync failed with its retries spent.
         let a = &self.apps[i];
-        let wants = auto.is_some()
+        let wants = derived.automated
             && out_of_sync
             && (git_diff || extra || self_heal || !a.synced_once)
             && a.failed_revision != Some(rev);
         if may_sync && wants && a.op.is_none() {
-            self.start_sync(world, me, i, &unit, desired);
+            self.start_sync(world, me, i, &derived);
             return;
         }
         // A watch-triggered refresh (a live change of a managed resource): selfHeal syncs the
@@ -512,7 +561,7 @@ impl ArgoCd {
                 .max(now);
             if at <= now {
                 world.trace_ext("argocd", "self-heal", name.clone());
-                self.start_sync(world, me, i, &unit, desired);
+                self.start_sync(world, me, i, &derived);
             } else if self.apps[i].self_heal_at != Some(at) {
                 self.apps[i].self_heal_at = Some(at);
                 world.wake(at, me, tag(i, TAG_SELF_HEAL));
@@ -594,17 +643,10 @@ impl ArgoCd {
         worst
     }
 
-    fn start_sync(
-        &mut self,
-        world: &mut World,
-        me: ModelId,
-        i: usize,
-        unit: &Unit,
-        desired: Vec<Desired>,
-    ) {
+    fn start_sync(&mut self, world: &mut World, me: ModelId, i: usize, derived: &Derived) {
         let mut steps: BTreeMap<(Phase, i64), Vec<Desired>> = BTreeMap::new();
-        if unit.create_namespace && !unit.namespace.is_empty() {
-            let ns = &unit.namespace;
+        if derived.create_namespace && !derived.namespace.is_empty() {
+            let ns = &derived.namespace;
             steps
                 .entry((Phase::PreSync, i64::MIN))
                 .or_default()
@@ -613,7 +655,7 @@ impl ArgoCd {
                     wave: i64::MIN,
                     hook: Some(Phase::PreSync),
                     kind_order: 0,
-                    manifest: Value::Null,
+                    manifest: Arc::new(Value::Null),
                     file: String::new(),
                     target: Target::Cluster(
                         Box::new(KObject::Namespace(NamespaceSpec {
@@ -626,15 +668,19 @@ impl ArgoCd {
                     ),
                 });
         }
-        for d in desired {
+        for d in &derived.desired {
             let phase = d.hook.unwrap_or(Phase::Sync);
-            steps.entry((phase, d.wave)).or_default().push(d);
+            steps.entry((phase, d.wave)).or_default().push(d.clone());
         }
         let steps: Vec<Step> = steps
             .into_iter()
             .map(|((phase, wave), mut items)| {
                 items.sort_by(|a, b| (a.kind_order, &a.id).cmp(&(b.kind_order, &b.id)));
-                Step { phase, wave, items }
+                Step {
+                    phase,
+                    wave,
+                    items: items.into(),
+                }
             })
             .collect();
         let now = world.now();
@@ -682,7 +728,7 @@ impl ArgoCd {
             let step = op.steps[op.idx].clone();
             let applied = op.applied;
             if !applied {
-                for d in &step.items {
+                for d in step.items.iter() {
                     if let Err(e) = self.apply_one(world, me, i, d) {
                         return self.finish_op(world, me, i, Some(e));
                     }
@@ -699,7 +745,7 @@ impl ArgoCd {
             // Wait for every resource of the step to be Healthy.
             // Name the worst one (a Degraded pod explains a PVC waiting for its consumer).
             let mut unhealthy: Option<(AppHealth, String, String)> = None;
-            for d in &step.items {
+            for d in step.items.iter() {
                 let (h, m) = self.health_of(world, d);
                 if h != AppHealth::Healthy && unhealthy.as_ref().is_none_or(|u| h > u.0) {
                     unhealthy = Some((h, d.id.clone(), format!("{h:?}: {m}")));
@@ -736,7 +782,7 @@ impl ArgoCd {
             for d in step
                 .items
                 .iter()
-                .filter(|d| d.hook.is_some() && d.manifest != Value::Null)
+                .filter(|d| d.hook.is_some() && *d.manifest != Value::Null)
             {
                 if let Target::Cluster(_, kind, ns, name) = &d.target {
                     let _ = world.delete(*kind, ns, name);
@@ -822,20 +868,11 @@ impl ArgoCd {
         match err {
             None => {
                 // Prune what the revision no longer has.
-                let unit = self.unit(&name).cloned();
-                let auto_prune = unit.as_ref().is_some_and(|u| {
-                    u.definition
-                        .value
-                        .pointer("/spec/syncPolicy/automated/prune")
-                        .and_then(Value::as_bool)
-                        == Some(true)
-                });
-                if auto_prune && let Some(u) = unit {
-                    let ids: BTreeSet<String> = desired_of(&u).into_iter().map(|d| d.id).collect();
+                if let Some(d) = self.derived(&name).filter(|d| d.prune) {
                     let extra: Vec<String> = self.apps[i]
                         .applied
                         .keys()
-                        .filter(|k| !ids.contains(*k))
+                        .filter(|k| !d.ids.contains(*k))
                         .cloned()
                         .collect();
                     for id in extra {
@@ -860,13 +897,7 @@ impl ArgoCd {
                 self.refresh(world, me, i, false);
             }
             Some(e) => {
-                let unit = self.unit(&name).cloned();
-                let retry = unit.as_ref().and_then(|u| {
-                    u.definition
-                        .value
-                        .pointer("/spec/syncPolicy/retry")
-                        .cloned()
-                });
+                let retry = self.derived(&name).and_then(|d| d.retry.clone());
                 let limit = retry
                     .as_ref()
                     .and_then(|r| r.get("limit"))
@@ -1056,12 +1087,13 @@ fn desired_of(unit: &Unit) -> Vec<Desired> {
                 hook: None,
                 kind_order: kind_order("Deployment"),
                 file: unit.definition.file.clone(),
-                manifest: unit
-                    .definition
-                    .value
-                    .get("spec")
-                    .cloned()
-                    .unwrap_or(Value::Null),
+                manifest: Arc::new(
+                    unit.definition
+                        .value
+                        .get("spec")
+                        .cloned()
+                        .unwrap_or(Value::Null),
+                ),
                 target: Target::Cluster(
                     Box::new(KObject::Workload(spec)),
                     ObjectKind::Deployment,
@@ -1081,7 +1113,7 @@ fn desired_of(unit: &Unit) -> Vec<Desired> {
             hook,
             kind_order: kind_order(o.kind()),
             file: o.file.clone(),
-            manifest: o.value.clone(),
+            manifest: Arc::new(o.value.clone()),
             target: target_of(o, &unit.objects, hook.is_some()),
         });
     }

@@ -39,7 +39,7 @@ pub mod schema;
 pub mod tree;
 pub mod validate;
 
-pub use loader::{LoadError, validate, validate_with};
+pub use loader::{Kubectl, LoadError, validate, validate_with};
 
 /// One problem found: the file, the object and the field it is about.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, thiserror::Error)]
@@ -78,6 +78,22 @@ pub struct Capacity {
     /// Kubernetes version the topology runs (`v1.34.1`).
     pub kubernetes_version: String,
     pub nodes: Vec<NodeCapacity>,
+    /// The topology's namespace quotas, checked like a ResourceQuota in the tree.
+    pub quotas: Vec<NamespaceQuota>,
+    /// The topology's file as shown in findings about it (`fixtures/topologies/x.yaml`).
+    pub source: String,
+}
+
+/// A namespace quota of the topology.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamespaceQuota {
+    pub namespace: String,
+    /// Where it is in the topology file (`namespaces[2].quota`).
+    pub field: String,
+    /// `requests.cpu` in millicores (None: not limited).
+    pub cpu_millis: Option<u64>,
+    /// `requests.memory` in bytes (None: not limited).
+    pub memory_bytes: Option<u64>,
 }
 
 /// One node's allocatable resources.
@@ -91,6 +107,57 @@ pub struct NodeCapacity {
 }
 
 impl Capacity {
+    /// What `topo` offers: each node's allocatable resources (the distribution's kubelet
+    /// reservations taken off, as the simulated scheduler does), schedulable unless it is a
+    /// control-plane node without the worker role on a cluster that keeps workloads off them,
+    /// or carries a NoSchedule/NoExecute taint; and the namespace quotas.
+    /// `source` is the topology's file as findings name it.
+    pub fn of_topology(topo: &crate::Topology, source: &str) -> Self {
+        use crate::topology::{Role, TaintEffect};
+        let nodes =
+            topo.nodes
+                .iter()
+                .map(|n| {
+                    let cp = n.roles.contains(&Role::ControlPlane);
+                    let (cpu, memory) =
+                        crate::cluster::allocatable(topo.distribution, cp, n.cpu, n.memory);
+                    let tainted = n.taints.iter().any(|t| {
+                        matches!(t.effect, TaintEffect::NoSchedule | TaintEffect::NoExecute)
+                    });
+                    NodeCapacity {
+                        name: n.name.clone(),
+                        cpu_millis: cpu.0,
+                        memory_bytes: memory.0,
+                        schedulable: !tainted
+                            && (!cp
+                                || n.roles.contains(&Role::Worker)
+                                || topo.allow_scheduling_on_control_plane),
+                    }
+                })
+                .collect();
+        let quotas = topo
+            .namespaces
+            .iter()
+            .enumerate()
+            .filter_map(|(i, ns)| {
+                let q = ns.quota.as_ref()?;
+                (q.cpu.is_some() || q.memory.is_some()).then(|| NamespaceQuota {
+                    namespace: ns.name.clone(),
+                    field: format!("namespaces[{i}].quota"),
+                    cpu_millis: q.cpu.map(|c| c.0),
+                    memory_bytes: q.memory.map(|m| m.0),
+                })
+            })
+            .collect();
+        Self {
+            name: topo.name.clone(),
+            kubernetes_version: topo.kubernetes_version.clone().unwrap_or_default(),
+            nodes,
+            quotas,
+            source: source.to_string(),
+        }
+    }
+
     /// Total allocatable CPU (millicores) and memory (bytes) of schedulable nodes.
     pub fn allocatable(&self) -> (u64, u64) {
         self.nodes

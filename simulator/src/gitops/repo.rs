@@ -3,7 +3,7 @@
 //! `patches`), the subset of kustomize the platforms use. Anything else in a
 //! `kustomization.yaml` is reported, never silently ignored.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
 
@@ -193,6 +193,53 @@ impl Repo {
             })
             .cloned()
             .collect()
+    }
+
+    /// The files a render of kustomization directory `dir` can read: every file under `dir` and
+    /// under each directory its `resources` name (recursively), and each file they name. A
+    /// superset of what `kubectl kustomize` reads for the subset the built-in renderer accepts:
+    /// the key of cached `kubectl kustomize` renders.
+    pub fn kustomize_inputs(&self, dir: &str) -> BTreeSet<String> {
+        let mut files = BTreeSet::new();
+        let mut dirs = BTreeSet::new();
+        let mut stack = vec![normalize(dir)];
+        while let Some(d) = stack.pop() {
+            if dirs.len() > MAX_KUSTOMIZE_DEPTH * 64 || !dirs.insert(d.clone()) {
+                continue;
+            }
+            let prefix = if d.is_empty() {
+                String::new()
+            } else {
+                format!("{d}/")
+            };
+            files.extend(
+                self.files
+                    .range(prefix.clone()..)
+                    .take_while(|(f, _)| f.starts_with(&prefix))
+                    .map(|(f, _)| f.clone()),
+            );
+            let Some(k) = self.kustomization_in(&d) else {
+                continue;
+            };
+            let Ok(docs) = parse_documents(&k, &self.files[&k]) else {
+                continue;
+            };
+            let resources = docs
+                .first()
+                .and_then(|k| k.value.get("resources"))
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            for r in resources.iter().filter_map(Value::as_str) {
+                let target = normalize(&format!("{prefix}{r}"));
+                if self.files.contains_key(&target) {
+                    files.insert(target);
+                } else {
+                    stack.push(target);
+                }
+            }
+        }
+        files
     }
 
     fn kustomize(&self, kfile: &str, depth: usize) -> Result<Vec<Object>, RenderError> {

@@ -416,7 +416,8 @@ pub fn check_capacity(
             replicas(&o.value)
         };
         let ns = o.namespace().unwrap_or("").to_string();
-        if quotas.contains_key(&ns) {
+        let topology_quota = capacity.is_some_and(|c| c.quotas.iter().any(|q| q.namespace == ns));
+        if quotas.contains_key(&ns) || topology_quota {
             for m in &missing {
                 findings.push(Finding::new(&o.file, o.id(), m.clone(), format!("namespace {ns:?} has a ResourceQuota: every container needs cpu and memory requests")));
             }
@@ -468,6 +469,46 @@ pub fn check_capacity(
         }
     }
     if let Some(c) = capacity {
+        for q in &c.quotas {
+            let used = demand
+                .by_namespace
+                .get(&q.namespace)
+                .copied()
+                .unwrap_or_default();
+            let object = format!("Namespace {}", q.namespace);
+            if let Some(limit) = q.cpu_millis
+                && used.cpu_millis > limit
+            {
+                findings.push(Finding::new(
+                    &c.source,
+                    object.clone(),
+                    format!("{}.cpu", q.field),
+                    format!(
+                        "the tree requests {} CPU in namespace {:?}, over topology {:?}'s quota of {}",
+                        fmt_cpu(used.cpu_millis),
+                        q.namespace,
+                        c.name,
+                        fmt_cpu(limit)
+                    ),
+                ));
+            }
+            if let Some(limit) = q.memory_bytes
+                && used.memory_bytes > limit
+            {
+                findings.push(Finding::new(
+                    &c.source,
+                    object,
+                    format!("{}.memory", q.field),
+                    format!(
+                        "the tree requests {} in namespace {:?}, over topology {:?}'s quota of {}",
+                        fmt_mem(used.memory_bytes),
+                        q.namespace,
+                        c.name,
+                        fmt_mem(limit)
+                    ),
+                ));
+            }
+        }
         let (cpu, mem) = c.allocatable();
         let root = tree
             .bootstrap

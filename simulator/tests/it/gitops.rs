@@ -3,7 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use simulator::gitops::{Capacity, Finding, NodeCapacity, Report, validate, validate_with};
+use simulator::gitops::{
+    Capacity, Finding, Kubectl, NodeCapacity, Report, loader, validate, validate_with,
+};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures")
@@ -22,7 +24,17 @@ fn mlworkbench_kvm() -> Capacity {
                 schedulable: true,
             })
             .collect(),
+        quotas: Vec::new(),
+        source: "fixtures/topologies/mlworkbench-kvm.yaml".into(),
     }
+}
+
+/// A topology fixture as `cargo xtask validate --topology` reads it.
+fn topology(name: &str) -> Capacity {
+    let file = format!("fixtures/topologies/{name}.yaml");
+    let topo = simulator::Topology::load(&fixtures().join(format!("topologies/{name}.yaml")))
+        .expect("topology");
+    Capacity::of_topology(&topo, &file)
 }
 
 /// A temp copy of one platform tree plus the CRDs, for planting errors.
@@ -386,4 +398,189 @@ fn planted_yaml_syntax_error_names_file_and_line() {
         f.message.contains(&format!("line {}", line + 1)),
         "{f} (the broken line is {line})"
     );
+}
+
+#[test]
+fn each_platform_tree_fits_its_topology() {
+    for (tree, topo) in [
+        ("mlworkbench", "mlworkbench-kvm"),
+        ("mlworkbench", "mlworkbench-ovh"),
+        ("fluodata", "fluodata-proxmox"),
+        ("k3s", "k3s-single"),
+        ("mlops", "mlops-flux"),
+    ] {
+        let cap = topology(topo);
+        let report = validate(&fixtures().join("gitops").join(tree), Some(&cap)).expect("validate");
+        assert!(report.is_ok(), "{tree} on {topo}:\n{report}");
+        assert!(
+            report
+                .notes
+                .iter()
+                .any(|n| n.starts_with(&format!("capacity: topology \"{topo}\""))),
+            "{report}"
+        );
+    }
+}
+
+#[test]
+fn topology_capacity_counts_schedulable_nodes_and_quotas() {
+    // mlworkbench-kvm: 3 control-plane VMs that run workloads.
+    let kvm = topology("mlworkbench-kvm");
+    assert_eq!(kvm.nodes.len(), 3);
+    assert!(kvm.nodes.iter().all(|n| n.schedulable), "{kvm:?}");
+    // Talos reserves CPU and memory on each: less than the VM's 2 vCPU / 8 GB is allocatable.
+    assert!(
+        kvm.nodes
+            .iter()
+            .all(|n| n.cpu_millis < 2000 && n.cpu_millis > 1500),
+        "{kvm:?}"
+    );
+    assert_eq!(kvm.kubernetes_version, "v1.34.1");
+    // mlworkbench-ovh: the control plane keeps workloads off.
+    let ovh = topology("mlworkbench-ovh");
+    let schedulable: Vec<&str> = ovh
+        .nodes
+        .iter()
+        .filter(|n| n.schedulable)
+        .map(|n| n.name.as_str())
+        .collect();
+    assert_eq!(schedulable, ["worker-1", "worker-2", "worker-3"]);
+    // k3s-single: the document's namespace quotas.
+    let k3s = topology("k3s-single");
+    let mlflow = k3s
+        .quotas
+        .iter()
+        .find(|q| q.namespace == "mlflow")
+        .expect("mlflow quota");
+    assert_eq!(mlflow.cpu_millis, Some(1000));
+    assert!(mlflow.field.starts_with("namespaces[") && mlflow.field.ends_with("].quota"));
+}
+
+#[test]
+fn planted_request_over_the_topology_quota_names_the_topology_field() {
+    let tmp = copy_platform("k3s");
+    let root = tmp.path().join("k3s");
+    // Over the tree's own ResourceQuota too: raise that one so only the topology's is exceeded.
+    edit(
+        &root,
+        "platform/namespaces-and-quotas.yaml",
+        "namespace: mlflow\nspec:\n  hard:\n    requests.cpu: \"1\"\n    requests.memory: 1Gi",
+        "namespace: mlflow\nspec:\n  hard:\n    requests.cpu: \"1\"\n    requests.memory: 4Gi",
+    );
+    edit(
+        &root,
+        "apps/ml-platform/mlflow/mlflow.yaml",
+        "memory: 1Gi",
+        "memory: 2Gi",
+    );
+    let cap = topology("k3s-single");
+    let report = run(&tmp, Some(&cap));
+    let q = cap
+        .quotas
+        .iter()
+        .find(|q| q.namespace == "mlflow")
+        .expect("quota");
+    let f = find(
+        &report,
+        "fixtures/topologies/k3s-single.yaml",
+        "Namespace mlflow",
+        &format!("{}.memory", q.field),
+    );
+    assert!(
+        f.message.contains("over topology \"k3s-single\"'s quota"),
+        "{f}"
+    );
+    assert_eq!(report.findings.len(), 1, "{report}");
+}
+
+#[test]
+fn planted_tree_larger_than_the_topology() {
+    let tmp = copy_platform("mlworkbench");
+    // 40 FL workers of 100m / 1Gi (the local overlay) do not fit 3 nodes of 2 vCPU / 8 GB.
+    edit(
+        &tmp.path().join("mlworkbench"),
+        "namespaces/mlworkbench/fl-worker/base/worker.yaml",
+        "replicas: 5",
+        "replicas: 40",
+    );
+    let report = run(&tmp, Some(&topology("mlworkbench-kvm")));
+    assert!(
+        report
+            .findings
+            .iter()
+            .any(|f| f.field == "(tree requests.memory)"
+                && f.message
+                    .contains("more than topology \"mlworkbench-kvm\" allocates")),
+        "{report}"
+    );
+}
+
+/// kubectl on PATH, else where `cargo xtask setup gitops` puts it.
+fn kubectl() -> Option<std::path::PathBuf> {
+    loader::find_kubectl(&[fixtures().join("../target/tools/kubectl/bin")])
+}
+
+#[test]
+fn kubectl_renders_are_cached_and_a_changed_input_renders_again() {
+    let Some(k) = kubectl() else {
+        eprintln!(
+            "kubectl not installed (cargo xtask setup gitops): the render cache is not exercised"
+        );
+        return;
+    };
+    let tmp = copy_platform("mlworkbench");
+    let cache = tempfile::tempdir().expect("cache");
+    let kubectl = Kubectl::new(k).cached(cache.path());
+    let go = || {
+        validate_with(
+            tmp.path(),
+            Some(&tmp.path().join("crds")),
+            None,
+            Some(&kubectl),
+        )
+        .expect("validate")
+    };
+    let note = |r: &Report| {
+        r.notes
+            .iter()
+            .find(|n| n.starts_with("kustomize:"))
+            .cloned()
+            .unwrap_or_default()
+    };
+    let cold = go();
+    assert!(cold.is_ok(), "{cold}");
+    let n = cold
+        .notes
+        .iter()
+        .find(|n| n.starts_with("kustomize:"))
+        .expect("note");
+    assert!(n.contains(", 0 of them from the render cache"), "{n}");
+    let total: usize = n
+        .trim_start_matches("kustomize: ")
+        .split(' ')
+        .next()
+        .and_then(|x| x.parse().ok())
+        .expect("count");
+    assert!(total >= 5, "{n}");
+    let warm = go();
+    assert!(warm.is_ok(), "{warm}");
+    assert!(
+        note(&warm).contains(&format!(", {total} of them from the render cache")),
+        "{}",
+        note(&warm)
+    );
+    // A base file changes: both overlays of the FL worker render again, the rest come cached.
+    edit(
+        &tmp.path().join("mlworkbench"),
+        "namespaces/mlworkbench/fl-worker/base/worker.yaml",
+        "name: fl-worker",
+        "name: fl-worker\n  labels: {planted: \"yes\"}",
+    );
+    let changed = go();
+    assert!(
+        note(&changed).contains(&format!(", {} of them from the render cache", total - 3)),
+        "{}",
+        note(&changed)
+    );
+    assert!(changed.is_ok(), "{changed}");
 }

@@ -370,7 +370,7 @@ pub(crate) fn numpy_partition_masks(buf: &mut [f32; MASK_MAX], num: usize, kths:
             cswap(v, low, mid);
             v.swap(mid, low + 1);
             let pivot = buf[low];
-            let (mut ge, mut le) = pivot_masks(buf, pivot);
+            let (mut ge, mut le) = pivot_masks(buf, pivot, low + 1, high);
             // ll scans (low + 1, high], hh scans [low + 1, high)
             ge &= range_mask(low + 2, high);
             le &= range_mask(low + 1, high - 1);
@@ -428,18 +428,34 @@ fn cswap(v: &mut [f32], i: usize, j: usize) {
     v[j] = if s { x } else { y };
 }
 
-/// Bit i of the first mask: `buf[i] >= pivot`; of the second: `buf[i] <= pivot` (no NaN).
+/// Bit i of the first mask: `buf[i] >= pivot`; of the second: `buf[i] <= pivot` (no NaN),
+/// for the i in `lo..=hi` and possibly a few neighbours (callers mask the range). Only the
+/// groups of four that meet the range are compared: the Hoare passes shrink from N values to
+/// a handful, and comparing all 64 every pass was most of the trimmed mean's time.
 #[inline(always)]
-fn pivot_masks(buf: &[f32; MASK_MAX], pivot: f32) -> (u64, u64) {
+fn pivot_masks(buf: &[f32; MASK_MAX], pivot: f32, lo: usize, hi: usize) -> (u64, u64) {
+    debug_assert!(lo <= hi && hi < MASK_MAX);
     let (mut ge, mut le) = (0u64, 0u64);
-    for (c, chunk) in buf.chunks_exact(8).enumerate() {
-        let (mut g, mut l) = (0u64, 0u64);
-        for (i, x) in chunk.iter().enumerate() {
-            g |= ((*x >= pivot) as u64) << i;
-            l |= ((*x <= pivot) as u64) << i;
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{
+            _mm_cmpge_ps, _mm_cmple_ps, _mm_loadu_ps, _mm_movemask_ps, _mm_set1_ps,
+        };
+        // SAFETY: SSE and SSE2 are part of x86_64 (no run-time detection needed), and
+        // g <= hi / 4 <= 15, so the four lanes g*4..g*4+4 that each load reads lie inside the 64.
+        unsafe {
+            let p = _mm_set1_ps(pivot);
+            for g in lo / 4..=hi / 4 {
+                let v = _mm_loadu_ps(buf.as_ptr().add(g * 4));
+                ge |= (_mm_movemask_ps(_mm_cmpge_ps(v, p)) as u32 as u64) << (4 * g);
+                le |= (_mm_movemask_ps(_mm_cmple_ps(v, p)) as u32 as u64) << (4 * g);
+            }
         }
-        ge |= g << (8 * c);
-        le |= l << (8 * c);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    for (i, x) in buf.iter().enumerate().take(hi + 1).skip(lo) {
+        ge |= ((*x >= pivot) as u64) << i;
+        le |= ((*x <= pivot) as u64) << i;
     }
     (ge, le)
 }
@@ -459,10 +475,10 @@ fn short_select(v: &mut [f32], kth: usize, low: usize, high: usize, pivots: &mut
             let mut minidx = i;
             let mut minval = v[i];
             for (k, &x) in v.iter().enumerate().take(high + 1).skip(i + 1) {
-                if x < minval {
-                    minidx = k;
-                    minval = x;
-                }
+                // selects, not a branch: which value is smaller is a coin flip
+                let lt = x < minval;
+                minidx = if lt { k } else { minidx };
+                minval = if lt { x } else { minval };
             }
             v.swap(i, minidx);
         }
@@ -471,10 +487,9 @@ fn short_select(v: &mut [f32], kth: usize, low: usize, high: usize, pivots: &mut
         let mut maxidx = low;
         let mut maxval = v[low];
         for (k, &x) in v.iter().enumerate().skip(low + 1) {
-            if x >= maxval {
-                maxidx = k;
-                maxval = x;
-            }
+            let ge = x >= maxval;
+            maxidx = if ge { k } else { maxidx };
+            maxval = if ge { x } else { maxval };
         }
         v.swap(kth, maxidx);
     }
