@@ -117,6 +117,26 @@ pub struct FlWorkload {
     /// Options of a `system: flower` job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flower: Option<FlowerOptions>,
+    /// Requests of each client pod (the `fl-worker` StatefulSet), over the topology's
+    /// documented ones: what makes a documented pool that cannot fit run (simulator; the local
+    /// backend runs processes, which have no requests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_requests: Option<PodRequests>,
+    /// Requests of the coordinator pod (the `fl-coordinator` Deployment), likewise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coordinator_requests: Option<PodRequests>,
+}
+
+/// A pod's resource requests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PodRequests {
+    /// CPU request in millicores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_millis: Option<u64>,
+    /// Memory request in MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mib: Option<u64>,
 }
 
 /// The FL system a job runs on.

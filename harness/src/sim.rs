@@ -118,6 +118,52 @@ impl Backend for SimBackend {
             let spec = to_workload_spec(w, &mut topo)?;
             topo.workloads.push(spec);
         }
+        if let Some(fl) = case
+            .fl
+            .as_ref()
+            .filter(|f| f.system == crate::scenario::FlSystem::Fl)
+        {
+            // The FL job adopts the topology's documented coordinator and worker workloads:
+            // the scenario's requests, and the job's size, replace theirs before the cluster
+            // boots, so the pods created at boot already carry them (and `fl.start` on a
+            // running cluster finds every client up, as the platform deploys the job).
+            let cfg = fl_config(fl)?;
+            let pods = cfg.pods.clone();
+            // A topology that documents no FL workloads gets the job's own, deployed with the
+            // platform like the documented ones.
+            let (coord, clients) = pods.new_workloads(cfg.clients);
+            for spec in [coord, clients] {
+                if !topo
+                    .workloads
+                    .iter()
+                    .any(|w| w.kind == spec.kind && w.name == spec.name)
+                {
+                    if !topo.namespaces.iter().any(|n| n.name == spec.namespace) {
+                        topo.namespaces.push(simulator::topology::NamespaceSpec {
+                            name: spec.namespace.clone(),
+                            quota: None,
+                        });
+                    }
+                    topo.workloads.push(spec);
+                }
+            }
+            for w in &mut topo.workloads {
+                let (cpu, memory) = match w.kind {
+                    SimKind::Deployment if w.name == pods.coordinator => {
+                        (pods.coordinator_cpu, pods.coordinator_memory)
+                    }
+                    SimKind::StatefulSet if w.name == pods.clients => {
+                        w.replicas = u32::try_from(cfg.clients).unwrap_or(u32::MAX);
+                        w.pod_management_policy =
+                            simulator::topology::PodManagementPolicy::Parallel;
+                        (pods.client_cpu, pods.client_memory)
+                    }
+                    _ => continue,
+                };
+                w.cpu = cpu.unwrap_or(w.cpu);
+                w.memory = memory.unwrap_or(w.memory);
+            }
+        }
         let mut sim = Sim::new(topo, case.seed, SimOptions::default());
         let gitops = match &case.scenario.workload.gitops {
             Some(g) => Some(gitops::start(&self.root, &mut sim, g)?),
@@ -189,6 +235,7 @@ fn to_workload_spec(
         tolerations: Vec::new(),
         node_selector,
         service: true,
+        pod_management_policy: Default::default(),
         source: Some("scenario workload.k8s".to_string()),
     })
 }
@@ -545,6 +592,23 @@ impl SimSession {
             | Assertion::FluxStatus { .. }
             | Assertion::FluxReadyOrder(_) => self.check_gitops(a),
         }
+    }
+
+    /// Where the FL job stands, for a wait that timed out: rounds, phase and its pods (which
+    /// are Pending and why).
+    fn fl_state(&self) -> String {
+        let Some(fl) = self.fl_model() else {
+            return "the FL job was never started".into();
+        };
+        let phase = match fl.coordinator() {
+            Some(c) => format!("round {} phase {:?}", c.round(), c.phase()),
+            None => "no coordinator running".into(),
+        };
+        format!(
+            "{} rounds completed, {phase}; {}",
+            fl.rounds().len(),
+            fl.pods_line(self.world())
+        )
     }
 
     fn fl_model(&self) -> Option<&FlModel> {
@@ -1010,7 +1074,9 @@ impl Session for SimSession {
         match out {
             Ok(true) => Advance::Reached,
             Ok(false) => Advance::DeadlinePassed(match probe {
+                Probe::Wait(w) if w.fl_round.is_some() => self.fl_state(),
                 Probe::Wait(w) => Self::wait_state(self.world(), w),
+                Probe::Trigger(t) if t.fl_round.is_some() => self.fl_state(),
                 Probe::Trigger(_) => {
                     format!("virtual time is {}", simulator::fmt_time(self.sim.now()))
                 }
@@ -1080,8 +1146,7 @@ impl Session for SimSession {
             .clone()
             .ok_or("`fl.start` needs a `workload.fl` in the scenario")?;
         let cfg = fl_config(&w)?;
-        let nodes = self.node_names();
-        let model = FlModel::new(cfg, &nodes, self.seed)?;
+        let model = FlModel::new(cfg, self.seed)?;
         self.fl_id = Some(self.sim.add_model(Box::new(model)));
         self.fl_started_ms = self.now_ms();
         self.last_step_end_us = self.sim.now();
@@ -1352,6 +1417,17 @@ pub(crate) fn fl_config(w: &FlWorkload) -> Result<FlConfig, String> {
         cfg.beta = a;
     }
     cfg.strategy = w.strategy.as_str().to_string();
+    let cpu = |r: &Option<crate::scenario::PodRequests>| {
+        r.and_then(|r| r.cpu_millis).map(simulator::topology::Cpu)
+    };
+    let mem = |r: &Option<crate::scenario::PodRequests>| {
+        r.and_then(|r| r.memory_mib)
+            .map(|m| simulator::topology::Bytes(m.saturating_mul(1 << 20)))
+    };
+    cfg.pods.client_cpu = cpu(&w.client_requests);
+    cfg.pods.client_memory = mem(&w.client_requests);
+    cfg.pods.coordinator_cpu = cpu(&w.coordinator_requests);
+    cfg.pods.coordinator_memory = mem(&w.coordinator_requests);
     if let Some(f) = w.byzantine_tolerance {
         cfg.strategy_params
             .insert("num_malicious_clients".to_string(), f.to_string());

@@ -13,9 +13,9 @@ use crate::engine::{Event, World};
 use crate::fault::{Fault, Process};
 use crate::timings::*;
 use crate::topology::{
-    Bytes, Cpu, Datastore, DiskPurpose, Distribution, NamespaceSpec, PriorityClassSpec,
-    Provisioner, QuotaSpec, Role, StorageClassSpec, TaintEffect, Topology, WorkloadKind,
-    WorkloadSpec,
+    Bytes, Cpu, Datastore, DiskPurpose, Distribution, NamespaceSpec, PodManagementPolicy,
+    PriorityClassSpec, Provisioner, QuotaSpec, Role, StorageClassSpec, TaintEffect, Topology,
+    WorkloadKind, WorkloadSpec,
 };
 use crate::trace::TraceEvent;
 use crate::{SimOptions, Time};
@@ -188,12 +188,20 @@ pub struct Pod {
     /// Container restarts.
     pub restarts: u32,
     incarnation: u64,
+    /// Live: see [`Pod::live`].
+    live: bool,
 }
 
 impl Pod {
     /// `namespace/name`.
     pub fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
+    }
+    /// Running, containers up and passing readiness, Ready in the API, not terminating, on a
+    /// powered node: an application in the pod is up and reachable. Changes are traced as
+    /// [`TraceEvent::PodLive`].
+    pub fn live(&self) -> bool {
+        self.live
     }
 }
 
@@ -426,6 +434,13 @@ pub struct Cluster {
     pub(crate) namespaces: BTreeMap<String, Option<QuotaSpec>>,
     pub(crate) priority_classes: BTreeMap<String, i32>,
     pub(crate) storage_classes: Vec<StorageClassSpec>,
+    /// Pods by owning workload (kind, namespace, name): the controllers' and status passes'
+    /// index, so a pass over one workload does not scan every pod.
+    pub(crate) owned: BTreeMap<(WorkloadKind, String, String), BTreeSet<u64>>,
+    /// Bumped when a pod is created, bound, marked for deletion or removed, and on every apply
+    /// (quotas): the pod-set invariants (capacity, quota, identity, volume affinity) re-run only
+    /// then, not after each of the many readiness and lease events.
+    pub(crate) pods_generation: u64,
     next_uid: u64,
     pub(crate) api_up: bool,
     monitor_running: bool,
@@ -500,6 +515,8 @@ impl Cluster {
                 .map(|p| (p.name.clone(), p.value))
                 .collect(),
             storage_classes: topo.storage_classes.clone(),
+            owned: BTreeMap::new(),
+            pods_generation: 0,
             next_uid: 1,
             api_up: false,
             monitor_running: false,
@@ -549,6 +566,16 @@ fn tolerates(p: &Pod, key: &str) -> bool {
         || (p.pinned.is_some() && key == TAINT_UNREACHABLE)
 }
 
+/// What a controller pass needs of one of its workload's pods.
+struct Owned {
+    uid: u64,
+    ordinal: Option<u32>,
+    pinned: Option<usize>,
+    node: Option<usize>,
+    ready: bool,
+    deleting: bool,
+}
+
 /// A scheduling verdict on one node.
 enum Fit {
     Ok,
@@ -568,6 +595,11 @@ impl World {
     }
     pub(crate) fn node_idx(&self, name: &str) -> Option<usize> {
         self.cluster.nodes.iter().position(|n| n.name == name)
+    }
+    /// Whether node `a` can reach node `b` (indices into [`World::nodes`]; no partition cuts
+    /// their link).
+    pub fn nodes_reachable(&self, a: usize, b: usize) -> bool {
+        self.net.reachable(a, b)
     }
     /// All pods, by uid.
     pub fn pods(&self) -> impl Iterator<Item = &Pod> {
@@ -818,6 +850,8 @@ impl World {
             object: label,
             action: "apply".into(),
         });
+        // a quota or a PVC binding may have changed
+        self.cluster.pods_generation += 1;
         self.changed();
         Ok(())
     }
@@ -893,15 +927,11 @@ impl World {
         }
         let uids: Vec<u64> = self
             .cluster
-            .pods
-            .values()
-            .filter(|p| {
-                p.namespace == key.1
-                    && p.owner
-                        .as_ref()
-                        .is_some_and(|(k, n)| *k == key.0 && *n == key.2)
-            })
-            .map(|p| p.uid)
+            .owned
+            .get(key)
+            .into_iter()
+            .flatten()
+            .copied()
             .collect();
         for u in uids {
             self.delete_pod(u, "owner deleted");
@@ -952,11 +982,16 @@ impl World {
         n.epoch += 1;
         let name = n.name.clone();
         self.emit(TraceEvent::NodePowerOff { node: name });
+        let mut on_node = Vec::new();
         for p in self.cluster.pods.values_mut() {
             if p.node == Some(i) {
                 p.healthy = false;
                 p.incarnation += 1;
+                on_node.push(p.uid);
             }
+        }
+        for uid in on_node {
+            self.sync_live(uid);
         }
         self.etcd_stop(i);
         self.api_update();
@@ -1093,6 +1128,7 @@ impl World {
                         pod: key,
                         ready: true,
                     });
+                    self.sync_live(uid);
                 }
             }
             self.changed();
@@ -1140,6 +1176,7 @@ impl World {
                         pod: key,
                         ready: false,
                     });
+                    self.sync_live(uid);
                 }
                 self.changed();
             }
@@ -1176,6 +1213,7 @@ impl World {
             return;
         }
         p.deleting = Some((now, reason.to_string()));
+        self.cluster.pods_generation += 1;
         let was_ready = p.ready;
         p.ready = false;
         let key = p.key();
@@ -1190,6 +1228,7 @@ impl World {
             pod: key,
             reason: reason.to_string(),
         });
+        self.sync_live(uid);
         match node {
             None => self.remove_pod(uid),
             Some(n) if self.kubelet_live(n) && self.node_reaches_api(n) => {
@@ -1204,9 +1243,50 @@ impl World {
 
     fn remove_pod(&mut self, uid: u64) {
         if let Some(p) = self.cluster.pods.remove(&uid) {
+            if p.live {
+                let node = p
+                    .node
+                    .map(|n| self.cluster.nodes[n].name.clone())
+                    .unwrap_or_default();
+                self.emit(TraceEvent::PodLive {
+                    pod: p.key(),
+                    node,
+                    live: false,
+                });
+            }
+            if let Some((kind, name)) = &p.owner {
+                let key = (*kind, p.namespace.clone(), name.clone());
+                if let Some(set) = self.cluster.owned.get_mut(&key) {
+                    set.remove(&uid);
+                }
+            }
+            self.cluster.pods_generation += 1;
             self.emit(TraceEvent::PodDeleted { pod: p.key() });
             self.changed();
         }
+    }
+
+    /// Recomputes pod `uid`'s [`Pod::live`] and traces a change.
+    fn sync_live(&mut self, uid: u64) {
+        let Some(p) = self.cluster.pods.get(&uid) else {
+            return;
+        };
+        let live = p.phase == PodPhase::Running
+            && p.healthy
+            && p.ready
+            && p.deleting.is_none()
+            && p.node.is_some_and(|n| self.cluster.nodes[n].powered);
+        if live == p.live {
+            return;
+        }
+        let node = p
+            .node
+            .map(|n| self.cluster.nodes[n].name.clone())
+            .unwrap_or_default();
+        let p = self.cluster.pods.get_mut(&uid).expect("checked above");
+        p.live = live;
+        let pod = p.key();
+        self.emit(TraceEvent::PodLive { pod, node, live });
     }
 
     fn start_pod(&mut self, uid: u64, extra_delay: Time) {
@@ -1215,7 +1295,7 @@ impl World {
             return;
         };
         p.incarnation += 1;
-        p.healthy = false;
+        let was_healthy = std::mem::replace(&mut p.healthy, false);
         let inc = p.incarnation;
         let longhorn = p.pvcs.iter().any(|c| {
             self.cluster
@@ -1229,6 +1309,9 @@ impl World {
             0
         };
         let at = self.now + extra_delay + base + attach;
+        if was_healthy {
+            self.sync_live(uid);
+        }
         self.schedule(
             at,
             Event::PodStarted {
@@ -1310,6 +1393,7 @@ impl World {
                 ready: true,
             });
         }
+        self.sync_live(uid);
         self.changed();
     }
 
@@ -1367,6 +1451,7 @@ impl World {
                                     ready: false,
                                 });
                             }
+                            self.sync_live(uid);
                             self.start_pod(uid, CRASH_BACKOFF_US);
                         }
                     }
@@ -1715,8 +1800,15 @@ impl World {
             nominated: None,
             restarts: 0,
             incarnation: 0,
+            live: false,
         };
         self.emit(TraceEvent::PodCreated { pod: pod.key() });
+        self.cluster
+            .owned
+            .entry((w.kind, w.namespace.clone(), w.name.clone()))
+            .or_default()
+            .insert(uid);
+        self.cluster.pods_generation += 1;
         self.cluster.pods.insert(uid, pod);
         self.changed();
         Ok(())
@@ -1735,17 +1827,21 @@ impl World {
             return;
         };
         let spec = w.spec.clone();
-        let owned: Vec<Pod> = self
+        let owned: Vec<Owned> = self
             .cluster
-            .pods
-            .values()
-            .filter(|p| {
-                p.namespace == spec.namespace
-                    && p.owner
-                        .as_ref()
-                        .is_some_and(|(k, n)| *k == spec.kind && *n == spec.name)
+            .owned
+            .get(key)
+            .into_iter()
+            .flatten()
+            .filter_map(|u| self.cluster.pods.get(u))
+            .map(|p| Owned {
+                uid: p.uid,
+                ordinal: p.ordinal,
+                pinned: p.pinned,
+                node: p.node,
+                ready: p.ready,
+                deleting: p.deleting.is_some(),
             })
-            .cloned()
             .collect();
         let mut quota_error = None;
         match spec.kind {
@@ -1758,7 +1854,7 @@ impl World {
                 return;
             }
             WorkloadKind::Deployment => {
-                let mut active: Vec<&Pod> = owned.iter().filter(|p| p.deleting.is_none()).collect();
+                let mut active: Vec<&Owned> = owned.iter().filter(|p| !p.deleting).collect();
                 let want = spec.replicas as usize;
                 if active.len() < want {
                     for _ in active.len()..want {
@@ -1782,25 +1878,36 @@ impl World {
                 }
             }
             WorkloadKind::StatefulSet => {
-                // OrderedReady: ordinal i is created once 0..i are Running and Ready.
+                // A pod object per ordinal; one that is Terminating (on a dead node: until the
+                // node comes back or its Node object is deleted) still holds its ordinal, so it
+                // is not replaced before it is gone.
+                let by_ordinal: BTreeMap<u32, &Owned> = owned
+                    .iter()
+                    .filter_map(|p| p.ordinal.map(|o| (o, p)))
+                    .collect();
+                let parallel = spec.pod_management_policy == PodManagementPolicy::Parallel;
                 for i in 0..spec.replicas {
-                    let name = format!("{}-{i}", spec.name);
-                    match owned.iter().find(|p| p.name == name) {
-                        Some(p) if p.ready && p.deleting.is_none() => continue,
+                    match by_ordinal.get(&i) {
+                        Some(p) if p.ready && !p.deleting => continue,
+                        // OrderedReady: ordinal i is created once 0..i are Running and Ready;
+                        // Parallel: every missing ordinal is created in the same pass.
+                        Some(_) if parallel => continue,
                         Some(_) => break,
                         None => {
+                            let name = format!("{}-{i}", spec.name);
                             if let Err(e) = self.create_pod(&spec, name, Some(i), None) {
                                 quota_error = Some(e);
+                                break;
                             }
-                            break;
+                            if !parallel {
+                                break;
+                            }
                         }
                     }
                 }
                 let extra: Vec<u64> = owned
                     .iter()
-                    .filter(|p| {
-                        p.deleting.is_none() && p.ordinal.is_some_and(|o| o >= spec.replicas)
-                    })
+                    .filter(|p| !p.deleting && p.ordinal.is_some_and(|o| o >= spec.replicas))
                     .map(|p| p.uid)
                     .collect();
                 for v in extra {
@@ -1811,9 +1918,7 @@ impl World {
                 for i in 0..self.cluster.nodes.len() {
                     let eligible = self.daemon_eligible(&spec, i);
                     let name = format!("{}-{}", spec.name, self.cluster.nodes[i].name);
-                    let existing = owned
-                        .iter()
-                        .find(|p| p.pinned == Some(i) && p.deleting.is_none());
+                    let existing = owned.iter().find(|p| p.pinned == Some(i) && !p.deleting);
                     match (eligible, existing) {
                         (true, None) => {
                             if let Err(e) = self.create_pod(&spec, name, None, Some(i)) {
@@ -1930,17 +2035,28 @@ impl World {
             .map(|p| (-p.priority, p.uid))
             .collect();
         pending.sort();
+        if pending.is_empty() {
+            return;
+        }
         let mut any_unschedulable = false;
+        // Requests bound to each node, kept up to date as this pass binds.
+        let mut used = vec![(0u64, 0u64); self.cluster.nodes.len()];
+        for p in self.cluster.pods.values() {
+            if let Some(n) = p.node {
+                used[n].0 += p.cpu.0;
+                used[n].1 += p.memory.0;
+            }
+        }
+        let candidates: Vec<usize> = (0..self.cluster.nodes.len())
+            .filter(|&i| self.cluster.nodes[i].exists)
+            .collect();
         for (_, uid) in pending {
             let p = self.cluster.pods[&uid].clone();
-            let candidates: Vec<usize> = (0..self.cluster.nodes.len())
-                .filter(|&i| self.cluster.nodes[i].exists)
-                .collect();
             let mut best: Option<(u64, usize)> = None;
             let mut tally: BTreeMap<String, usize> = BTreeMap::new();
             let mut resource_only: Vec<usize> = Vec::new();
             for &i in &candidates {
-                let used = self.requested_on(i);
+                let used = used[i];
                 match self.fit(&p, i, used) {
                     Fit::Ok => {
                         let n = &self.cluster.nodes[i];
@@ -1965,6 +2081,8 @@ impl World {
                 }
             }
             if let Some((_, i)) = best {
+                used[i].0 += p.cpu.0;
+                used[i].1 += p.memory.0;
                 self.bind(uid, i);
                 continue;
             }
@@ -2068,6 +2186,7 @@ impl World {
     }
 
     fn bind(&mut self, uid: u64, i: usize) {
+        self.cluster.pods_generation += 1;
         let p = self.cluster.pods.get_mut(&uid).expect("pending uid");
         p.node = Some(i);
         p.unschedulable = None;
@@ -2098,23 +2217,22 @@ impl World {
         self.changed();
     }
 
+    /// Ready pods of a workload.
+    fn ready_owned(&self, key: &(WorkloadKind, String, String)) -> u32 {
+        self.cluster
+            .owned
+            .get(key)
+            .into_iter()
+            .flatten()
+            .filter(|u| self.cluster.pods.get(u).is_some_and(|p| p.ready))
+            .count() as u32
+    }
+
     fn update_statuses(&mut self) {
         let keys: Vec<_> = self.cluster.workloads.keys().cloned().collect();
         for k in keys {
             let w = &self.cluster.workloads[&k];
-            let owned = |p: &&Pod| {
-                p.namespace == k.1
-                    && p.owner
-                        .as_ref()
-                        .is_some_and(|(kk, n)| *kk == k.0 && *n == k.2)
-            };
-            let ready = self
-                .cluster
-                .pods
-                .values()
-                .filter(owned)
-                .filter(|p| p.ready)
-                .count() as u32;
+            let ready = self.ready_owned(&k);
             let desired = match k.0 {
                 WorkloadKind::DaemonSet => (0..self.cluster.nodes.len())
                     .filter(|&i| self.daemon_eligible(&w.spec, i))
@@ -2141,16 +2259,14 @@ impl World {
         let skeys: Vec<_> = self.cluster.services.keys().cloned().collect();
         for k in skeys {
             let s = &self.cluster.services[&k];
-            let ready = self
-                .cluster
-                .pods
-                .values()
-                .filter(|p| {
-                    p.namespace == s.namespace
-                        && p.owner.as_ref().is_some_and(|(_, n)| *n == s.workload)
-                        && p.ready
-                })
-                .count() as u32;
+            let ready = [
+                WorkloadKind::Deployment,
+                WorkloadKind::StatefulSet,
+                WorkloadKind::DaemonSet,
+            ]
+            .into_iter()
+            .map(|kind| self.ready_owned(&(kind, s.namespace.clone(), s.workload.clone())))
+            .sum();
             let s = self
                 .cluster
                 .services

@@ -345,6 +345,7 @@ pub struct Sim {
     models: Vec<Option<Box<dyn Model>>>,
     violation: Option<Violation>,
     checked_generation: u64,
+    checked_pods_generation: u64,
     topology_name: String,
     options: SimOptions,
 }
@@ -400,6 +401,7 @@ impl Sim {
             models: Vec::new(),
             violation: None,
             checked_generation: 0,
+            checked_pods_generation: u64::MAX,
             topology_name,
             options,
         }
@@ -609,7 +611,9 @@ impl Sim {
             || self.world.trace.total() != trace_before;
         if found.is_none() && self.world.generation != self.checked_generation {
             self.checked_generation = self.world.generation;
-            found = crate::invariants::check(&self.world).err();
+            let pods_changed = self.world.cluster.pods_generation != self.checked_pods_generation;
+            self.checked_pods_generation = self.world.cluster.pods_generation;
+            found = crate::invariants::check(&self.world, pods_changed).err();
         }
         if found.is_none() {
             for (idx, m) in self.models.iter().enumerate() {

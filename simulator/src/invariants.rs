@@ -1,5 +1,9 @@
 //! Core invariants, checked after every event that changed cluster state (the engine skips the
-//! check when nothing changed, which cannot break an invariant). The etcd one-leader-per-term
+//! check when nothing changed, which cannot break an invariant). The pod-set invariants below
+//! read only pod objects, their bindings, PVC bindings and quotas, so they re-run only after an
+//! event that created, bound, deleted or removed a pod or applied an object
+//! (`Cluster::pods_generation`), and then recompute from scratch over every pod: readiness,
+//! lease and etcd events, most of a run, cannot break them. The etcd one-leader-per-term
 //! invariant is checked inside the etcd model at each role change.
 
 use std::collections::BTreeMap;
@@ -8,8 +12,12 @@ use crate::cluster::PodPhase;
 use crate::engine::World;
 use crate::topology::{Provisioner, WorkloadKind};
 
-/// Check every core invariant; `Err((name, message))` on the first violation.
-pub fn check(w: &World) -> Result<(), (String, String)> {
+/// Check the core invariants (the pod-set ones only when `pods_changed`); `Err((name,
+/// message))` on the first violation.
+pub fn check(w: &World, pods_changed: bool) -> Result<(), (String, String)> {
+    if !pods_changed {
+        return Ok(());
+    }
     node_capacity(w)?;
     local_path_affinity(w)?;
     statefulset_identity(w)?;
@@ -19,15 +27,14 @@ pub fn check(w: &World) -> Result<(), (String, String)> {
 
 /// No node has pods whose requests exceed its allocatable CPU or memory.
 fn node_capacity(w: &World) -> Result<(), (String, String)> {
-    let mut used: BTreeMap<usize, (u64, u64)> = BTreeMap::new();
+    let mut used = vec![(0u64, 0u64); w.cluster.nodes.len()];
     for p in w.cluster.pods.values() {
         if let Some(n) = p.node {
-            let e = used.entry(n).or_default();
-            e.0 += p.cpu.0;
-            e.1 += p.memory.0;
+            used[n].0 += p.cpu.0;
+            used[n].1 += p.memory.0;
         }
     }
-    for (i, (c, m)) in used {
+    for (i, (c, m)) in used.into_iter().enumerate() {
         let n = &w.cluster.nodes[i];
         if c > n.cpu.0 || m > n.memory.0 {
             return Err((

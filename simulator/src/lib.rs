@@ -34,8 +34,8 @@
 //! Node object.
 //!
 //! **Query** the [`World`] ([`Sim::world`]): [`World::nodes`] / [`World::node`] (`ready`, `taints`,
-//! `powered`, `exists`), [`World::pods`] / [`World::pod`] (phase, node, `ready`, `deleting`,
-//! `unschedulable` reason), [`World::pvcs`] (bound node or Longhorn replicas),
+//! `powered`, `exists`), [`World::pods`] / [`World::pod`] (phase, node, `ready`, `live()`,
+//! `deleting`, `unschedulable` reason), [`World::pvcs`] (bound node or Longhorn replicas),
 //! [`World::etcd_status`] (members, roles, leader, term, quorum), [`World::workload`] and
 //! [`World::health`] (Deployment/StatefulSet/DaemonSet readiness), [`World::services`],
 //! [`World::unschedulable`], [`World::quota_errors`], [`World::api_available`].
@@ -70,8 +70,13 @@
 //! node-controller zone disruption modes, etcd membership changes (a lost member stays lost),
 //! Longhorn replica rebuilds, CNI, control-plane static pods' own requests, the time a restarted
 //! kube-apiserver static pod or kubelet takes to serve again (instant here; a restarted K3s
-//! server takes [`timings::K3S_SERVER_START_US`]). FL
-//! clients are placed on nodes, not on scheduled pods.
+//! server takes [`timings::K3S_SERVER_START_US`]), StatefulSet rolling updates (a changed
+//! template applies to pods created afterwards; `podManagementPolicy` may change, which
+//! upstream refuses).
+//!
+//! **FL** ([`fl`]): the coordinator and the clients are pods (a Deployment and a Parallel
+//! StatefulSet) placed by the scheduler; a process runs while its pod is live
+//! ([`cluster::Pod::live`], traced as [`trace::TraceEvent::PodLive`]).
 
 pub mod cluster;
 pub mod engine;

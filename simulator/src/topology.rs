@@ -379,6 +379,26 @@ pub enum WorkloadKind {
     DaemonSet,
 }
 
+/// A StatefulSet's `podManagementPolicy` (Kubernetes StatefulSet docs, "Pod Management
+/// Policies"; upstream default `OrderedReady`).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+pub enum PodManagementPolicy {
+    /// Ordinal i is created once 0..i are Running and Ready (the upstream default).
+    #[default]
+    OrderedReady,
+    /// Every missing ordinal is created at once, without waiting for the others.
+    Parallel,
+}
+
+impl PodManagementPolicy {
+    /// The upstream default.
+    pub fn is_default(&self) -> bool {
+        *self == PodManagementPolicy::OrderedReady
+    }
+}
+
 /// A volume claim of a workload.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -426,6 +446,9 @@ pub struct WorkloadSpec {
     /// Whether a Service selects this workload's pods.
     #[serde(default)]
     pub service: bool,
+    /// StatefulSet: how missing ordinals are created (ignored for other kinds).
+    #[serde(default, skip_serializing_if = "PodManagementPolicy::is_default")]
+    pub pod_management_policy: PodManagementPolicy,
     /// Where the numbers come from (document and section).
     #[serde(default)]
     pub source: Option<String>,

@@ -49,6 +49,14 @@ pub enum TraceEvent {
     PodRunning { pod: String },
     /// Readiness changed.
     PodReady { pod: String, ready: bool },
+    /// The pod became live (Running, its containers up and passing readiness, Ready in the API,
+    /// not terminating, on a powered node) or stopped being so: what an application in the pod
+    /// (an FL client or coordinator) sees of its own life. `node` is where it is bound.
+    PodLive {
+        pod: String,
+        node: String,
+        live: bool,
+    },
     /// Deletion requested (eviction, scale-down, preemption); `reason` says why.
     PodTerminating { pod: String, reason: String },
     /// The pod object is gone.

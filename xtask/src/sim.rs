@@ -15,6 +15,7 @@ use simulator::{Sim, SimOptions, Stop, Topology, WorkloadOverride};
 const USAGE: &str = "usage: cargo xtask sim --topology NAME|PATH [--seed N] [--until 30m]
        [--override WORKLOAD=replicas:R,cpu:C,memory:M]... [--faults-json JSON] [--random-faults K]
        [--shrink] [--check-determinism] [--trace] [--schema] [--gitops [REPO]]
+       [--fl CLIENTS[xROUNDS]]
 
   --topology        fixtures/topologies/NAME.yaml or a path
   --until           virtual time to run (s, m, h suffix; default 30m)
@@ -23,6 +24,10 @@ const USAGE: &str = "usage: cargo xtask sim --topology NAME|PATH [--seed N] [--u
                     last fault, shrink the fault schedule to a minimal failing one
   --check-determinism  run twice and compare trace hashes
   --trace           print every trace entry
+  --fl              run an FL job (FedAvg, default 5 rounds, every client awaited) on the cluster:
+                    its coordinator Deployment and client StatefulSet (the topology's fl-coordinator
+                    and fl-worker when it documents them, with --override applied) are scheduled
+                    like any pod; the summary says which pods run and why the others are Pending
   --gitops [REPO]   deploy the platform by GitOps instead of the topology's documented workloads:
                     once every node is Ready, the topology's controller (`gitops: argocd|flux`)
                     applies fixtures/gitops/REPO/bootstrap/ (REPO defaults to the topology name
@@ -51,6 +56,7 @@ pub fn run(args: Vec<String>) -> Result<()> {
     let mut until = 30 * MIN;
     let mut options = SimOptions::default();
     let (mut do_shrink, mut determinism, mut trace, mut random) = (false, false, false, 0usize);
+    let mut fl: Option<(usize, u64)> = None;
     let mut gitops: Option<Option<String>> = None;
     let mut it = args.into_iter().peekable();
     while let Some(a) = it.next() {
@@ -88,6 +94,16 @@ pub fn run(args: Vec<String>) -> Result<()> {
                 random = val()?.parse().context("--random-faults must be a count")?
             }
             "--shrink" => do_shrink = true,
+            "--fl" => {
+                let v = val()?;
+                let (c, r) = v.split_once('x').unwrap_or((v.as_str(), "5"));
+                let parse = |x: &str, what: &str| {
+                    x.parse::<u64>().ok().filter(|n| *n > 0).with_context(|| {
+                        format!("--fl {v:?}: {what} must be a positive integer (CLIENTS[xROUNDS])")
+                    })
+                };
+                fl = Some((parse(c, "clients")? as usize, parse(r, "rounds")?));
+            }
             "--check-determinism" => determinism = true,
             "--trace" => trace = true,
             "--schema" => {
@@ -168,7 +184,22 @@ pub fn run(args: Vec<String>) -> Result<()> {
         return Ok(());
     }
 
-    let mut sim = Sim::new(topo.clone(), seed, options.clone());
+    let build = || -> Result<Sim> {
+        let mut sim = Sim::new(topo.clone(), seed, options.clone());
+        if let Some((clients, rounds)) = fl {
+            let mut cfg = simulator::fl::FlConfig {
+                clients,
+                ..Default::default()
+            };
+            cfg.round.num_rounds = rounds;
+            cfg.round.min_available_clients = clients;
+            cfg.round.min_fit_clients = clients;
+            let model = simulator::fl::FlModel::new(cfg, seed).map_err(anyhow::Error::msg)?;
+            sim.add_model(Box::new(model));
+        }
+        Ok(sim)
+    };
+    let mut sim = build()?;
     let (stop, controller) = match &gitops {
         Some(g) => g.run(&mut sim, until),
         None => (sim.run_until(until), None),
@@ -247,18 +278,21 @@ pub fn run(args: Vec<String>) -> Result<()> {
     if let Some(v) = sim.violation() {
         println!("VIOLATION: {v}");
     }
+    let fl_arg = fl
+        .map(|(c, r)| format!(" --fl {c}x{r}"))
+        .unwrap_or_default();
     match &gitops {
         // The engine's repro line knows nothing of the controller started here.
         Some(g) => println!(
-            "repro: cargo xtask sim --topology {} --seed {seed} --until {}s --gitops {}",
+            "repro: cargo xtask sim --topology {} --seed {seed} --until {}s --gitops {}{fl_arg}",
             topo.name,
             until / SEC,
             g.repo_name
         ),
-        None => println!("{}", sim.repro()),
+        None => println!("{}{fl_arg}", sim.repro()),
     }
     if determinism {
-        let mut again = Sim::new(topo, seed, options);
+        let mut again = build()?;
         match &gitops {
             Some(g) => {
                 g.run(&mut again, until);

@@ -1,14 +1,33 @@
 //! FL rounds on the simulated cluster: fl-core's [`Coordinator`] driven by the engine's event
 //! queue, real local training, the real fl-core strategy every round, and an f64 oracle.
 //!
-//! [`FlModel`] is an engine [`Model`]. The coordinator and the clients are placed on topology
-//! nodes (coordinator on the first node, clients round-robin over all nodes); a client
-//! registers when its node becomes Ready, is lost when its node powers off and registers again
-//! when it is Ready again; the coordinator crashes with its node and restarts from its persisted
-//! state (serialised with serde, as the real shell stores it), resuming the round.
+//! [`FlModel`] is an engine [`Model`]. The coordinator and the clients are pods of the
+//! simulated cluster, placed by its scheduler: the coordinator a Deployment of one replica, the
+//! clients a StatefulSet with `podManagementPolicy: Parallel` whose ordinal is the client index
+//! (pod `fl-worker-3` is client 3, [`fl_core::job::client_id`]`(3)`). The job adopts the
+//! cluster's workloads of those names (the topology's or a GitOps tree's, with their requests,
+//! volumes and priority) and sets their replicas; otherwise it creates them in [`FlPods`]'s
+//! namespace with [`FlPods`]'s requests. Requests set on the job win over both.
+//!
+//! A process runs only while its pod is live ([`crate::cluster::Pod::live`]: Running, Ready,
+//! containers up, on a powered node; traced as [`TraceEvent::PodLive`]). A client registers when
+//! its pod becomes live and is lost when it stops being so: its node dies (the round counts it
+//! as a failure, or times out on it), its container is killed, it is evicted. A StatefulSet pod
+//! on a dead node is not replaced until the node is back or its Node object is deleted, as
+//! upstream; the coordinator's Deployment pod is replaced after the taint-based eviction. A
+//! client that cannot be scheduled stays Pending with the scheduler's reason, and the summary
+//! ([`FlModel::pod_status`]) says why. When the coordinator's pod stops being live the
+//! coordinator's state is what its shell persisted (serialised with serde, as `fl coordinator`
+//! stores it); the next live coordinator pod, on the same node or a rescheduled one, restores it
+//! ([`Coordinator::restore`] + [`Event::Restart`]), learns which clients came and went
+//! meanwhile, and resumes the round. Messages between a client and the coordinator are lost
+//! while a partition cuts their nodes apart.
 //!
 //! Time: local training takes `6 * params * examples_processed / client_flops` (forward 2 and
-//! backward 4 FLOPs per parameter and example, the usual estimate), models travel over links of
+//! backward 4 FLOPs per parameter and example, the usual estimate), where a client gets
+//! [`FLOPS_PER_CORE`] times its share of its node's allocatable CPU among the live clients
+//! there (CFS shares of equal requests; at most one core: the local step is single-threaded),
+//! models travel over links of
 //! `bandwidth_bytes_per_s` plus `latency_us`; stragglers are slower and do partial work
 //! (FedProx's systems heterogeneity), dropouts go silent for a round, slow links divide the
 //! bandwidth, Byzantine clients send a sign-flipped, scaled update.
@@ -35,7 +54,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::Time;
+use crate::cluster::Object;
 use crate::engine::{Model, ModelId, World};
+use crate::topology::{Bytes, Cpu, PodManagementPolicy, WorkloadKind, WorkloadSpec};
 use crate::trace::TraceEvent;
 
 /// Scalar f32 training throughput of one core, in FLOP/s. A modelling assumption (not an
@@ -44,6 +65,112 @@ pub const FLOPS_PER_CORE: f64 = 1.5e9;
 
 /// Bound on clients in one FL workload.
 pub const MAX_FL_CLIENTS: usize = 100_000;
+
+/// CPU request of the coordinator pod when neither the job nor the cluster's workload sets one.
+/// A modelling assumption (aggregating and evaluating small models), not a documented number.
+pub const DEFAULT_COORDINATOR_CPU: Cpu = Cpu(500);
+/// Memory request of the coordinator pod by default (assumption, as above).
+pub const DEFAULT_COORDINATOR_MEMORY: Bytes = Bytes(512 << 20);
+/// CPU request of a client pod by default: small, so that 100 clients share an 8-CPU node (an
+/// assumption; the platforms that document a worker, mlworkbench, ask far more).
+pub const DEFAULT_CLIENT_CPU: Cpu = Cpu(50);
+/// Memory request of a client pod by default (assumption, as above).
+pub const DEFAULT_CLIENT_MEMORY: Bytes = Bytes(128 << 20);
+
+/// Retry period of the job's workload apply while the Kubernetes API is unavailable.
+const APPLY_RETRY_US: Time = 10 * crate::timings::SEC;
+/// [`World::wake`] tag of that retry.
+const TAG_APPLY: u64 = 1;
+
+/// The workloads the job runs as.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FlPods {
+    /// Namespace of the workloads the job creates (an adopted workload keeps its own).
+    pub namespace: String,
+    /// Deployment of the coordinator (adopted if the cluster has one of that name).
+    pub coordinator: String,
+    /// StatefulSet of the clients (adopted if the cluster has one of that name).
+    pub clients: String,
+    /// Requests; `None`: the adopted workload's, else the `DEFAULT_*` constants.
+    pub coordinator_cpu: Option<Cpu>,
+    pub coordinator_memory: Option<Bytes>,
+    pub client_cpu: Option<Cpu>,
+    pub client_memory: Option<Bytes>,
+}
+
+impl Default for FlPods {
+    fn default() -> Self {
+        Self {
+            namespace: "fl".into(),
+            coordinator: "fl-coordinator".into(),
+            clients: "fl-worker".into(),
+            coordinator_cpu: None,
+            coordinator_memory: None,
+            client_cpu: None,
+            client_memory: None,
+        }
+    }
+}
+
+impl FlPods {
+    /// The coordinator's Deployment (one replica, with a Service) and the clients' Parallel
+    /// StatefulSet (`clients` replicas) the job creates when the cluster has no workloads of
+    /// those names: in [`FlPods::namespace`], with the job's requests or the `DEFAULT_*` ones.
+    pub fn new_workloads(&self, clients: usize) -> (WorkloadSpec, WorkloadSpec) {
+        let spec = |kind: WorkloadKind, name: &str, replicas: usize, cpu: Cpu, memory: Bytes| {
+            WorkloadSpec {
+                kind,
+                name: name.to_string(),
+                namespace: self.namespace.clone(),
+                replicas: u32::try_from(replicas).unwrap_or(u32::MAX),
+                cpu,
+                memory,
+                priority_class: None,
+                volumes: Vec::new(),
+                tolerations: Vec::new(),
+                node_selector: BTreeMap::new(),
+                service: kind == WorkloadKind::Deployment,
+                pod_management_policy: match kind {
+                    WorkloadKind::StatefulSet => PodManagementPolicy::Parallel,
+                    _ => PodManagementPolicy::default(),
+                },
+                source: Some("fl job (simulator defaults)".into()),
+            }
+        };
+        (
+            spec(
+                WorkloadKind::Deployment,
+                &self.coordinator,
+                1,
+                self.coordinator_cpu.unwrap_or(DEFAULT_COORDINATOR_CPU),
+                self.coordinator_memory
+                    .unwrap_or(DEFAULT_COORDINATOR_MEMORY),
+            ),
+            spec(
+                WorkloadKind::StatefulSet,
+                &self.clients,
+                clients,
+                self.client_cpu.unwrap_or(DEFAULT_CLIENT_CPU),
+                self.client_memory.unwrap_or(DEFAULT_CLIENT_MEMORY),
+            ),
+        )
+    }
+}
+
+/// Where the job's pods stand ([`FlModel::pod_status`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FlPodStatus {
+    /// Node of the live coordinator pod.
+    pub coordinator_node: Option<String>,
+    /// Client pods live, Pending (not bound to a node), starting (bound, not yet live, e.g.
+    /// containers starting or their node down), Terminating.
+    pub clients_live: usize,
+    pub clients_pending: usize,
+    pub clients_starting: usize,
+    pub clients_terminating: usize,
+    /// Pods of the job the scheduler cannot place, with its reason (`namespace/name`, reason).
+    pub unschedulable: Vec<(String, String)>,
+}
 
 /// What the simulated FL workload does.
 #[derive(Debug, Clone)]
@@ -72,6 +199,8 @@ pub struct FlConfig {
     /// Aggregation throughput of the coordinator (bytes of updates per second).
     pub coordinator_bytes_per_s: f64,
     pub faults: FlFaults,
+    /// The coordinator's and the clients' workloads and requests.
+    pub pods: FlPods,
 }
 
 /// FL-level faults, drawn per client (and per round for dropouts) from the simulation stream.
@@ -137,6 +266,7 @@ impl Default for FlConfig {
             latency_us: 1_000,
             coordinator_bytes_per_s: 1e9,
             faults: FlFaults::default(),
+            pods: FlPods::default(),
         }
     }
 }
@@ -193,10 +323,10 @@ pub struct RoundStats {
 
 struct Client {
     id: ClientId,
-    node: String,
+    /// Node of the client's live pod.
+    node: Option<usize>,
     train: Dataset,
     val: Dataset,
-    flops: f64,
     straggler: bool,
     slow_link: bool,
     byzantine: bool,
@@ -211,8 +341,10 @@ struct Client {
     fit_in_flight: Option<FitInFlight>,
     /// Dropped out by a fault: the client answers no fit or evaluate request.
     silent: bool,
+    /// Its pod is live.
     alive: bool,
-    /// Bumped when the client's node dies: replies of an older incarnation are dropped.
+    /// Bumped when the client's pod stops being live: replies of an older incarnation are
+    /// dropped.
     incarnation: u64,
 }
 
@@ -287,12 +419,27 @@ pub struct FlModel {
     clients: Vec<Client>,
     by_id: BTreeMap<ClientId, usize>,
     test: Dataset,
-    coordinator_node: String,
+    /// The job's workloads (resolved at start: adopted from the cluster or created).
+    coordinator_spec: Option<WorkloadSpec>,
+    client_spec: Option<WorkloadSpec>,
+    /// Applied so far: 0 nothing, 1 the coordinator's Deployment and Service, 2 the clients'
+    /// StatefulSet too.
+    applied: u8,
+    /// `namespace/name-` of the coordinator's and the clients' pods.
+    coordinator_prefix: String,
+    client_prefix: String,
+    /// The live coordinator pod and its node.
+    coordinator_pod: Option<(String, usize)>,
+    /// Live client pods per node (their CPU share).
+    live_on_node: Vec<u32>,
+    /// The running machine (None while no coordinator pod is live).
     coordinator: Option<Coordinator>,
     coordinator_incarnation: u64,
     started: bool,
     /// What the coordinator's shell persisted (JSON of the machine state) while it is down.
     persisted: Option<String>,
+    /// Coordinator starts from persisted state.
+    restarts: u32,
     /// Global models by digest (the current one and the one a round started from).
     globals: BTreeMap<String, Vec<f32>>,
     global_digest: String,
@@ -310,18 +457,39 @@ pub struct FlModel {
 }
 
 impl FlModel {
-    /// Builds the workload: datasets (from `seed`), placement over the topology's nodes.
-    pub fn new(cfg: FlConfig, node_names: &[String], seed: u64) -> Result<Self, String> {
+    /// Builds the workload: datasets (from `seed`); its pods are created when it is added to a
+    /// simulation ([`crate::Sim::add_model`]).
+    pub fn new(cfg: FlConfig, seed: u64) -> Result<Self, String> {
         if cfg.clients == 0 || cfg.clients > MAX_FL_CLIENTS {
             return Err(format!(
                 "fl: clients {} is not in 1..={MAX_FL_CLIENTS}",
                 cfg.clients
             ));
         }
-        if node_names.is_empty() {
-            return Err(
-                "fl: the topology has no nodes to place the coordinator and clients on".into(),
-            );
+        let pods = &cfg.pods;
+        for (what, name) in [
+            ("pods.namespace", &pods.namespace),
+            ("pods.coordinator", &pods.coordinator),
+            ("pods.clients", &pods.clients),
+        ] {
+            let ok = !name.is_empty()
+                && name.len() <= 63
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !name.starts_with('-')
+                && !name.ends_with('-');
+            if !ok {
+                return Err(format!(
+                    "fl: {what} {name:?} is not a Kubernetes name (lower-case letters, digits, '-', at most 63)"
+                ));
+            }
+        }
+        if pods.coordinator == pods.clients {
+            return Err(format!(
+                "fl: pods.coordinator and pods.clients are both {:?}: their pods would be confused",
+                pods.clients
+            ));
         }
         let mut round = cfg.round.clone();
         round.seed = seed;
@@ -336,7 +504,6 @@ impl FlModel {
         };
         let datasets = plan.clients().map_err(|e| format!("fl: {e}"))?;
         let arch = cfg.architecture();
-        let per_node = cfg.clients.div_ceil(node_names.len());
         // Workload faults (which clients straggle or sit behind a slow link) are the
         // simulator's own: a stream apart from everything the job derives.
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -345,17 +512,13 @@ impl FlModel {
         let mut vals = Vec::new();
         for (k, d) in datasets.into_iter().enumerate() {
             let ClientData { train, test: val } = d;
-            let node = node_names[k % node_names.len()].clone();
             let f = &cfg.faults;
             vals.push(val.clone());
             clients.push(Client {
                 id: job::client_id(k),
-                node,
+                node: None,
                 train,
                 val,
-                // Each client pod gets an equal share of one core per co-located client, at least
-                // a tenth of a core.
-                flops: FLOPS_PER_CORE / (per_node as f64).clamp(1.0, 10.0),
                 straggler: rng.random_bool(f.straggler_fraction.clamp(0.0, 1.0)),
                 slow_link: rng.random_bool(f.slow_link_fraction.clamp(0.0, 1.0)),
                 byzantine: k < f.byzantine_clients,
@@ -381,7 +544,8 @@ impl FlModel {
             .enumerate()
             .map(|(k, c)| (c.id.clone(), k))
             .collect();
-        let coordinator = Coordinator::new(round.clone()).map_err(|e| format!("fl: {e}"))?;
+        // The machine starts when the coordinator's pod is live; build one now to check.
+        Coordinator::new(round.clone()).map_err(|e| format!("fl: {e}"))?;
         let mut cfg = cfg;
         cfg.round = round;
         // FedProx sends its proximal_mu to the clients (as `fl coordinator` does).
@@ -395,11 +559,18 @@ impl FlModel {
             clients,
             by_id,
             test,
-            coordinator_node: node_names[0].clone(),
-            coordinator: Some(coordinator),
+            coordinator_spec: None,
+            client_spec: None,
+            applied: 0,
+            coordinator_prefix: String::new(),
+            client_prefix: String::new(),
+            coordinator_pod: None,
+            live_on_node: Vec::new(),
+            coordinator: None,
             coordinator_incarnation: 0,
             started: false,
             persisted: None,
+            restarts: 0,
             globals: BTreeMap::from([(digest.clone(), init)]),
             global_digest: digest,
             store: BTreeMap::new(),
@@ -498,6 +669,25 @@ impl FlModel {
         &self.globals[&self.global_digest]
     }
 
+    /// Whether client `k`'s node and the coordinator's can reach each other (no partition).
+    fn reaches(&self, world: &World, k: usize) -> bool {
+        match (self.clients[k].node, &self.coordinator_pod) {
+            (Some(a), Some((_, b))) => world.nodes_reachable(a, *b),
+            _ => false,
+        }
+    }
+
+    /// Training throughput of client `k`: its share of its node's allocatable CPU among the
+    /// live clients there, at most one core.
+    fn client_flops(&self, world: &World, k: usize) -> f64 {
+        let Some(n) = self.clients[k].node else {
+            return FLOPS_PER_CORE;
+        };
+        let cores = world.nodes()[n].cpu.cores();
+        let share = cores / f64::from(self.live_on_node[n].max(1));
+        FLOPS_PER_CORE * share.clamp(1e-3, 1.0)
+    }
+
     fn model_bytes(&self) -> f64 {
         (self.arch.num_params() * 4) as f64
     }
@@ -554,15 +744,15 @@ impl FlModel {
             } => {
                 let k = self.by_id[&client];
                 let c = &self.clients[k];
-                if !c.alive || c.silent || self.drops(k, round, 1) {
+                if !c.alive || c.silent || self.drops(k, round, 1) || !self.reaches(world, k) {
                     return;
                 }
+                let flops = self.client_flops(world, k);
                 let params = &self.globals[&global_digest];
                 let Ok(eval) = self.trainer.evaluate(params, &c.val) else {
                     return;
                 };
-                let compute_us = (2.0 * self.arch.num_params() as f64 * c.val.len() as f64
-                    / c.flops
+                let compute_us = (2.0 * self.arch.num_params() as f64 * c.val.len() as f64 / flops
                     * 1e6) as Time;
                 let at = now + 2 * self.transfer_us(k) + compute_us;
                 let msg = Msg::EvalReply {
@@ -657,9 +847,14 @@ impl FlModel {
 
     fn fit(&mut self, world: &mut World, round: u64, client: &ClientId, global_digest: &str) {
         let k = self.by_id[client];
-        if !self.clients[k].alive || self.clients[k].silent || self.drops(k, round, 0) {
+        if !self.clients[k].alive
+            || self.clients[k].silent
+            || self.drops(k, round, 0)
+            || !self.reaches(world, k)
+        {
             return;
         }
+        let client_flops = self.client_flops(world, k);
         let global = self.globals[global_digest].clone();
         let c = &self.clients[k];
         let mut cfg = self.cfg.train;
@@ -691,7 +886,7 @@ impl FlModel {
             }
         }
         let flops = 6.0 * self.arch.num_params() as f64 * report.examples_seen as f64;
-        let train_us = (flops / c.flops * slowdown * 1e6) as Time;
+        let train_us = (flops / client_flops * slowdown * 1e6) as Time;
         let transfer = self.transfer_us(k);
         let train_start_us = world.now() + transfer;
         let at = train_start_us + train_us + transfer;
@@ -869,62 +1064,307 @@ impl FlModel {
         self.globals.retain(|d, _| keep.contains(d));
     }
 
-    fn node_down(&mut self, world: &mut World, node: &str) {
-        for k in 0..self.clients.len() {
-            if self.clients[k].node == node && self.clients[k].alive {
-                self.clients[k].alive = false;
-                self.clients[k].incarnation += 1;
-                let ev = Event::ClientLost {
-                    client: self.clients[k].id.clone(),
+    /// Resolves the job's two workloads: the cluster's of those names (topology or GitOps) with
+    /// the job's replicas, else new ones; requests set on the job win.
+    fn resolve_workloads(&mut self, world: &World) {
+        let pods = &self.cfg.pods;
+        let find = |kind: WorkloadKind, name: &str| {
+            world
+                .workloads()
+                .find(|w| w.spec.kind == kind && w.spec.name == name)
+                .map(|w| w.spec.clone())
+        };
+        let (new_coord, new_clients) = pods.new_workloads(self.clients.len());
+        let mut coord = find(WorkloadKind::Deployment, &pods.coordinator).unwrap_or(new_coord);
+        coord.replicas = 1;
+        coord.cpu = pods.coordinator_cpu.unwrap_or(coord.cpu);
+        coord.memory = pods.coordinator_memory.unwrap_or(coord.memory);
+        let mut clients = find(WorkloadKind::StatefulSet, &pods.clients).unwrap_or(new_clients);
+        clients.replicas = self.clients.len() as u32;
+        // Clients start together, not one by one behind each other's readiness.
+        clients.pod_management_policy = PodManagementPolicy::Parallel;
+        clients.cpu = pods.client_cpu.unwrap_or(clients.cpu);
+        clients.memory = pods.client_memory.unwrap_or(clients.memory);
+        self.coordinator_prefix = format!("{}/{}-", coord.namespace, coord.name);
+        self.client_prefix = format!("{}/{}-", clients.namespace, clients.name);
+        self.coordinator_spec = Some(coord);
+        self.client_spec = Some(clients);
+    }
+
+    /// Applies the job's workloads in the platform's order (mlworkbench's GitOps tree syncs the
+    /// coordinator in wave 2 and the workers in wave 3, once wave 2 is Healthy): first the
+    /// coordinator's Deployment and Service, then, once its pod is live, the clients'
+    /// StatefulSet. Retried while the API is unavailable.
+    fn ensure_applied(&mut self, world: &mut World) {
+        let (Some(coord), Some(clients)) =
+            (self.coordinator_spec.clone(), self.client_spec.clone())
+        else {
+            return;
+        };
+        let objects = match self.applied {
+            0 => {
+                let service = Object::Service {
+                    namespace: coord.namespace.clone(),
+                    name: coord.name.clone(),
+                    workload: coord.name.clone(),
                 };
-                self.feed(world, ev);
+                vec![Object::Workload(coord), service]
+            }
+            1 if self.coordinator_pod.is_some() => vec![Object::Workload(clients)],
+            _ => return,
+        };
+        for obj in objects {
+            if let Err(e) = world.apply(obj) {
+                world.trace_ext("fl", "apply-failed", e.to_string());
+                let at = world.now() + APPLY_RETRY_US;
+                world.wake(at, self.me, TAG_APPLY);
+                return;
             }
         }
-        if self.coordinator_node == node
-            && let Some(c) = self.coordinator.take()
-        {
-            // The shell persisted the state before acknowledging anything; a crash loses the rest.
-            match serde_json::to_string(c.state()) {
-                Ok(s) => self.persisted = Some(s),
-                Err(e) => self.violate("fl-persist", e.to_string()),
-            }
-            self.coordinator_incarnation += 1;
-            self.aggregated = None;
-            world.trace_ext("fl", "coordinator-down", format!("node {node}"));
+        self.applied += 1;
+        if self.applied == 1 && self.coordinator_pod.is_some() {
+            self.ensure_applied(world);
         }
     }
 
-    fn node_ready(&mut self, world: &mut World, node: &str) {
-        if self.coordinator_node == node && self.coordinator.is_none() {
-            let state: Result<CoordinatorState, _> =
-                serde_json::from_str(self.persisted.as_deref().unwrap_or_default());
-            match state.map_err(|e| e.to_string()).and_then(|s| {
-                Coordinator::restore(self.cfg.round.clone(), s).map_err(|e| e.to_string())
-            }) {
-                Ok(c) => {
-                    self.coordinator = Some(c);
-                    world.trace_ext("fl", "coordinator-restarted", format!("node {node}"));
-                    self.feed(world, Event::Restart);
-                }
-                Err(e) => self.violate("fl-restore", e),
+    /// Client index of a pod key of the job's StatefulSet (`ns/name-<ordinal>`).
+    fn client_of(&self, pod: &str) -> Option<usize> {
+        let rest = pod.strip_prefix(self.client_prefix.as_str())?;
+        if rest.is_empty() || !rest.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        rest.parse::<usize>()
+            .ok()
+            .filter(|&k| k < self.clients.len())
+    }
+
+    /// Whether a pod key is one of the coordinator Deployment's (`ns/name-<5-char suffix>`).
+    fn is_coordinator_pod(&self, pod: &str) -> bool {
+        pod.strip_prefix(self.coordinator_prefix.as_str())
+            .is_some_and(|rest| rest.len() == 5 && !rest.contains('-'))
+    }
+
+    fn pod_live(&mut self, world: &mut World, pod: &str, node: &str, live: bool) {
+        if let Some(k) = self.client_of(pod) {
+            if live {
+                self.client_up(world, k, node);
+            } else {
+                self.client_down(world, k);
+            }
+        } else if self.is_coordinator_pod(pod) {
+            if live {
+                self.coordinator_up(world, pod, node);
+            } else if self.coordinator_pod.as_ref().is_some_and(|(p, _)| p == pod) {
+                self.coordinator_down(world, pod);
             }
         }
-        for k in 0..self.clients.len() {
-            if self.clients[k].node == node && !self.clients[k].alive {
-                self.clients[k].alive = true;
-                let ev = Event::ClientRegistered {
-                    client: self.clients[k].id.clone(),
-                };
-                self.feed(world, ev);
-            }
+    }
+
+    fn client_up(&mut self, world: &mut World, k: usize, node: &str) {
+        let Some(n) = world.node_idx(node) else {
+            return;
+        };
+        let c = &mut self.clients[k];
+        if c.alive {
+            return;
         }
-        if !self.started && self.coordinator.is_some() && node == self.coordinator_node {
+        c.alive = true;
+        c.node = Some(n);
+        self.live_on_node[n] += 1;
+        let ev = Event::ClientRegistered {
+            client: c.id.clone(),
+        };
+        self.feed(world, ev);
+    }
+
+    fn client_down(&mut self, world: &mut World, k: usize) {
+        let c = &mut self.clients[k];
+        if !c.alive {
+            return;
+        }
+        c.alive = false;
+        c.incarnation += 1;
+        c.fit_in_flight = None;
+        if let Some(n) = c.node.take() {
+            self.live_on_node[n] -= 1;
+        }
+        let ev = Event::ClientLost {
+            client: c.id.clone(),
+        };
+        self.feed(world, ev);
+    }
+
+    fn coordinator_up(&mut self, world: &mut World, pod: &str, node: &str) {
+        // One coordinator at a time (the Deployment has one replica; a second live pod would be
+        // a standby that never serves).
+        if self.coordinator_pod.is_some() {
+            return;
+        }
+        let Some(n) = world.node_idx(node) else {
+            return;
+        };
+        let machine = match &self.persisted {
+            None => Coordinator::new(self.cfg.round.clone()).map_err(|e| e.to_string()),
+            Some(json) => serde_json::from_str::<CoordinatorState>(json)
+                .map_err(|e| e.to_string())
+                .and_then(|st| {
+                    Coordinator::restore(self.cfg.round.clone(), st).map_err(|e| e.to_string())
+                }),
+        };
+        let machine = match machine {
+            Ok(m) => m,
+            Err(e) => {
+                self.violate("fl-restore", e);
+                return;
+            }
+        };
+        self.coordinator_pod = Some((pod.to_string(), n));
+        self.coordinator = Some(machine);
+        self.ensure_applied(world);
+        if !self.started {
             self.started = true;
+            world.trace_ext(
+                "fl",
+                "coordinator-started",
+                format!("pod {pod} node {node}"),
+            );
+            for k in 0..self.clients.len() {
+                if self.clients[k].alive {
+                    let ev = Event::ClientRegistered {
+                        client: self.clients[k].id.clone(),
+                    };
+                    self.feed(world, ev);
+                }
+            }
             let ev = Event::Start {
                 global_digest: self.global_digest.clone(),
             };
             self.feed(world, ev);
+            return;
         }
+        self.restarts += 1;
+        let (round, done) = self
+            .coordinator
+            .as_ref()
+            .map(|c| (c.round(), c.history().len()))
+            .unwrap_or_default();
+        world.trace_ext(
+            "fl",
+            "coordinator-restarted",
+            format!("pod {pod} node {node} round {round} restored {done} completed rounds"),
+        );
+        self.feed(world, Event::Restart);
+        // Clients that came and went while no coordinator served: the live ones reconnect,
+        // the others are gone.
+        let registered: BTreeSet<ClientId> = self
+            .coordinator
+            .as_ref()
+            .map(|c| c.state().clients.clone())
+            .unwrap_or_default();
+        for k in 0..self.clients.len() {
+            let id = self.clients[k].id.clone();
+            match (self.clients[k].alive, registered.contains(&id)) {
+                (false, true) => self.feed(world, Event::ClientLost { client: id }),
+                (true, false) => self.feed(world, Event::ClientRegistered { client: id }),
+                _ => {}
+            }
+        }
+    }
+
+    fn coordinator_down(&mut self, world: &mut World, pod: &str) {
+        self.coordinator_pod = None;
+        let Some(c) = self.coordinator.take() else {
+            return;
+        };
+        // The shell persisted the state before acknowledging anything; a crash loses the rest.
+        match serde_json::to_string(c.state()) {
+            Ok(s) => self.persisted = Some(s),
+            Err(e) => self.violate("fl-persist", e.to_string()),
+        }
+        self.coordinator_incarnation += 1;
+        self.aggregated = None;
+        world.trace_ext("fl", "coordinator-down", format!("pod {pod}"));
+    }
+
+    /// Where the job's pods stand: the coordinator's node, client pods live / Pending /
+    /// Terminating, and every pod of the job the scheduler cannot place, with its reason.
+    pub fn pod_status(&self, world: &World) -> FlPodStatus {
+        let mut st = FlPodStatus {
+            coordinator_node: self
+                .coordinator_pod
+                .as_ref()
+                .map(|(_, n)| world.nodes()[*n].name.clone()),
+            ..FlPodStatus::default()
+        };
+        for p in world.pods() {
+            let key = p.key();
+            let client = self.client_of(&key).is_some();
+            if !client && !self.is_coordinator_pod(&key) {
+                continue;
+            }
+            if p.node.is_none()
+                && p.deleting.is_none()
+                && let Some(r) = &p.unschedulable
+            {
+                st.unschedulable.push((key, r.clone()));
+            }
+            if !client {
+                continue;
+            }
+            if p.live() {
+                st.clients_live += 1;
+            } else if p.deleting.is_some() {
+                st.clients_terminating += 1;
+            } else if p.node.is_none() {
+                st.clients_pending += 1;
+            } else {
+                st.clients_starting += 1;
+            }
+        }
+        st
+    }
+
+    /// Coordinator starts from persisted state so far.
+    pub fn coordinator_restarts(&self) -> u32 {
+        self.restarts
+    }
+
+    /// One line on the job's pods, for reports (`fl pods: ...`), naming why pods are Pending.
+    pub fn pods_line(&self, world: &World) -> String {
+        let st = self.pod_status(world);
+        let coord = match &st.coordinator_node {
+            Some(n) => format!("live on {n}"),
+            None => "not live".to_string(),
+        };
+        let name = |s: &Option<WorkloadSpec>| {
+            s.as_ref()
+                .map(|s| format!("{}/{}", s.namespace, s.name))
+                .unwrap_or_default()
+        };
+        let mut line = format!(
+            "fl pods: coordinator {} {coord}; clients {}: {} live of {}, {} Pending, {} starting, {} Terminating",
+            name(&self.coordinator_spec),
+            name(&self.client_spec),
+            st.clients_live,
+            self.clients.len(),
+            st.clients_pending,
+            st.clients_starting,
+            st.clients_terminating
+        );
+        if self.applied < 2 {
+            line.push_str(" (the StatefulSet is applied once the coordinator is live)");
+        }
+        // The scheduler's reasons, each once with how many pods it holds back.
+        let mut reasons: BTreeMap<&str, (usize, &str)> = BTreeMap::new();
+        for (pod, r) in &st.unschedulable {
+            reasons.entry(r.as_str()).or_insert((0, pod.as_str())).0 += 1;
+        }
+        for (r, (count, first)) in reasons {
+            line.push_str(&format!(
+                "; unschedulable: {count} pod(s) (e.g. {first}): {r}"
+            ));
+        }
+        line
     }
 
     fn on_msg(&mut self, world: &mut World, msg: Msg) {
@@ -943,6 +1383,7 @@ impl FlModel {
                     || !c.alive
                     || c.silent
                     || self.coordinator.is_none()
+                    || !self.reaches(world, client)
                 {
                     return;
                 }
@@ -992,7 +1433,11 @@ impl FlModel {
                 accuracy,
             } => {
                 let c = &self.clients[client];
-                if incarnation != c.incarnation || !c.alive || c.silent {
+                if incarnation != c.incarnation
+                    || !c.alive
+                    || c.silent
+                    || !self.reaches(world, client)
+                {
                     return;
                 }
                 let metrics = Metrics::from([("accuracy".to_string(), accuracy)]);
@@ -1058,16 +1503,23 @@ impl Model for FlModel {
 
     fn start(&mut self, world: &mut World, me: ModelId) {
         self.me = me;
-        // Nodes that are already Ready (a model added after boot) host their pods now.
-        let ready: Vec<String> = world
-            .topology()
-            .nodes
-            .iter()
-            .map(|n| n.name.clone())
-            .filter(|n| world.node(n).is_some_and(|s| s.ready))
+        self.live_on_node = vec![0; world.nodes().len()];
+        self.resolve_workloads(world);
+        self.ensure_applied(world);
+        // Pods of an adopted workload that are live already (a job started on a running cluster).
+        let live: Vec<(String, String)> = world
+            .pods()
+            .filter(|p| p.live())
+            .map(|p| (p.key(), world.pod_node(p).unwrap_or_default().to_string()))
             .collect();
-        for n in ready {
-            self.node_ready(world, &n);
+        for (pod, node) in live {
+            self.pod_live(world, &pod, &node, true);
+        }
+    }
+
+    fn on_wake(&mut self, world: &mut World, _me: ModelId, tag: u64) {
+        if tag == TAG_APPLY {
+            self.ensure_applied(world);
         }
     }
 
@@ -1078,13 +1530,8 @@ impl Model for FlModel {
     }
 
     fn observe(&mut self, world: &mut World, _me: ModelId, event: &TraceEvent) {
-        match event {
-            TraceEvent::NodePowerOff { node } => self.node_down(world, node),
-            TraceEvent::NodeReady { node } => self.node_ready(world, node),
-            // After a restart the node may never leave Ready in the control plane's eyes (its
-            // own node controller died with it): its pods come back when it has booted.
-            TraceEvent::NodeBooted { node } if self.started => self.node_ready(world, node),
-            _ => {}
+        if let TraceEvent::PodLive { pod, node, live } = event {
+            self.pod_live(world, pod, node, *live);
         }
     }
 
@@ -1095,15 +1542,19 @@ impl Model for FlModel {
         }
     }
 
-    fn summary(&self, _world: &World) -> Vec<String> {
-        let mut out = vec![format!(
-            "fl: {} clients, {} rounds completed of {}, strategy {}, model {}",
-            self.clients.len(),
-            self.stats.len(),
-            self.cfg.round.num_rounds,
-            self.cfg.strategy,
-            self.arch
-        )];
+    fn summary(&self, world: &World) -> Vec<String> {
+        let mut out = vec![
+            format!(
+                "fl: {} clients, {} rounds completed of {}, strategy {}, model {}, coordinator restarts {}",
+                self.clients.len(),
+                self.stats.len(),
+                self.cfg.round.num_rounds,
+                self.cfg.strategy,
+                self.arch,
+                self.restarts
+            ),
+            self.pods_line(world),
+        ];
         if let Some(last) = self.stats.last() {
             out.push(format!(
                 "fl: last round {} accuracy {:?} loss {:?} latency {} ms",
@@ -1135,22 +1586,21 @@ pub struct FlRun {
     pub violation: Option<String>,
 }
 
-/// Runs an FL workload on `topology` (placed on all its nodes, the topology's own workloads not
-/// created) from `seed` until training finishes, an invariant breaks, or `limit_us` of virtual
-/// time passes.
+/// Runs an FL workload on `topology` (its pods scheduled on the cluster, the topology's own
+/// workloads not created) from `seed` until training finishes, an invariant breaks, or
+/// `limit_us` of virtual time passes.
 pub fn run(
     topology: crate::Topology,
     seed: u64,
     cfg: FlConfig,
     limit_us: Time,
 ) -> Result<FlRun, String> {
-    let nodes: Vec<String> = topology.nodes.iter().map(|n| n.name.clone()).collect();
     let options = crate::SimOptions {
         apply_topology_workloads: false,
         ..crate::SimOptions::default()
     };
     let mut sim = crate::Sim::new(topology, seed, options);
-    let fl = FlModel::new(cfg, &nodes, seed)?;
+    let fl = FlModel::new(cfg, seed)?;
     let id = sim.add_model(Box::new(fl));
     // Run in slices so the finished workload stops the run; bounded by the virtual limit.
     const SLICE_US: Time = 10 * crate::timings::SEC;

@@ -24,7 +24,6 @@ network: { latency_us: 200, bandwidth_mbps: 1000 }
 
 fn world(seed: u64, cfg: FlConfig) -> (Sim, ModelId) {
     let topo = Topology::from_yaml("fl-test.yaml", TOPOLOGY).expect("test topology parses");
-    let nodes: Vec<String> = topo.nodes.iter().map(|n| n.name.clone()).collect();
     let mut sim = Sim::new(
         topo,
         seed,
@@ -33,7 +32,7 @@ fn world(seed: u64, cfg: FlConfig) -> (Sim, ModelId) {
             ..SimOptions::default()
         },
     );
-    let fl = FlModel::new(cfg, &nodes, seed).expect("fl config is valid");
+    let fl = FlModel::new(cfg, seed).expect("fl config is valid");
     let id = sim.add_model(Box::new(fl));
     (sim, id)
 }
@@ -113,8 +112,9 @@ fn same_seed_same_trace_hash() {
     assert_ne!(a.0, hash(12).0);
 }
 
-/// The coordinator's node dies mid-round and comes back: the coordinator restores its persisted
-/// state, resumes the round and training finishes; acknowledged updates are counted once.
+/// The coordinator's node dies mid-round and comes back within the eviction toleration: the same
+/// pod starts again there, restores its persisted state, resumes the round and training
+/// finishes; acknowledged updates are counted once.
 #[test]
 fn coordinator_node_killed_mid_round_resumes() {
     let mut cfg = small(6);
@@ -129,12 +129,15 @@ fn coordinator_node_killed_mid_round_resumes() {
         guard += 1;
         assert!(guard < 3600, "round 2 never started");
     }
-    sim.inject(Fault::KillNode { node: "n1".into() });
+    let node = sim
+        .model::<FlModel>(id)
+        .unwrap()
+        .pod_status(sim.world())
+        .coordinator_node
+        .expect("the coordinator is live");
+    sim.inject(Fault::KillNode { node: node.clone() });
     let killed_at = sim.now();
-    sim.schedule_fault(
-        killed_at + 2 * MIN,
-        Fault::RestoreNode { node: "n1".into() },
-    );
+    sim.schedule_fault(killed_at + 2 * MIN, Fault::RestoreNode { node });
     run(&mut sim, id, killed_at + 60 * MIN);
     let fl = sim.model::<FlModel>(id).unwrap();
     let fl_events: Vec<String> = sim
@@ -162,7 +165,7 @@ fn coordinator_node_killed_mid_round_resumes() {
     assert!(restarted);
     let history = fl.history().unwrap();
     assert_eq!(history.len(), 6);
-    // Clients on n1 were lost in the round the node died in.
+    // Clients on that node were lost in the round the node died in.
     assert!(
         history.iter().any(|r| !r.failures.is_empty()),
         "some round saw the lost clients"
@@ -238,7 +241,7 @@ fn r_central_test_set_covers_every_client() {
         central_test_examples: 500,
         ..FlConfig::default()
     };
-    let fl = FlModel::new(cfg, &["n1".to_string()], 4).unwrap();
+    let fl = FlModel::new(cfg, 4).unwrap();
     assert_eq!(fl.test.len(), 500);
     let row =
         |d: &Dataset, i: usize| d.features[i * d.num_features..(i + 1) * d.num_features].to_vec();
@@ -270,9 +273,8 @@ fn the_job_is_the_one_fl_core_derives_for_the_real_processes() {
         num_features: 20,
         ..FlConfig::default()
     };
-    let nodes: Vec<String> = ["n1", "n2", "n3"].map(String::from).to_vec();
     let seed = 42;
-    let fl = FlModel::new(cfg.clone(), &nodes, seed).unwrap();
+    let fl = FlModel::new(cfg.clone(), seed).unwrap();
     // The plan `fl worker` builds from its flags (the local backend passes this very spec).
     let spec = cfg.synthetic().to_string();
     assert_eq!(spec, "synthetic:0.5,0.5,20,100");

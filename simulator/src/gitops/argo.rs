@@ -56,8 +56,8 @@ use crate::cluster::{Health, Object as KObject, ObjectKind};
 use crate::engine::{Model, ModelId, Sim, World};
 use crate::timings::{MIN, MS, SEC};
 use crate::topology::{
-    Bytes, Cpu, NamespaceSpec, PriorityClassSpec, Provisioner, QuotaSpec, StorageClassSpec,
-    VolumeSpec, WorkloadKind, WorkloadSpec,
+    Bytes, Cpu, NamespaceSpec, PodManagementPolicy, PriorityClassSpec, Provisioner, QuotaSpec,
+    StorageClassSpec, VolumeSpec, WorkloadKind, WorkloadSpec,
 };
 use crate::{Time, fmt_time};
 
@@ -1078,6 +1078,7 @@ fn desired_of(unit: &Unit) -> Vec<Desired> {
                 tolerations: Vec::new(),
                 node_selector: BTreeMap::new(),
                 service: false,
+                pod_management_policy: Default::default(),
                 source: Some(format!("helm estimate of {}", unit.definition.file)),
             };
             out.push(Desired {
@@ -1343,6 +1344,10 @@ pub(crate) fn workload_spec(
         tolerations,
         node_selector,
         service: false,
+        pod_management_policy: match str_at(v, "/spec/podManagementPolicy") {
+            Some("Parallel") => PodManagementPolicy::Parallel,
+            _ => PodManagementPolicy::OrderedReady,
+        },
         source: Some(o.file.clone()),
     }
 }

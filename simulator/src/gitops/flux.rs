@@ -171,6 +171,7 @@ impl Flux {
                 tolerations: Vec::new(),
                 node_selector: BTreeMap::new(),
                 service: false,
+                pod_management_policy: Default::default(),
                 source: Some(format!("helm estimate of {}", unit.definition.file)),
             };
             return vec![(

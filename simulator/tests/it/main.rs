@@ -5,6 +5,7 @@ mod determinism;
 mod etcd;
 mod extension;
 mod fl_accuracy;
+mod fl_pods;
 mod gitops;
 mod gitops_models;
 mod restore;

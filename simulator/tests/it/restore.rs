@@ -31,6 +31,7 @@ fn mlworkbench_with_pinned_pg() -> Sim {
         tolerations: Vec::new(),
         node_selector: [(host.to_string(), "talos-k8s-3".to_string())].into(),
         service: true,
+        pod_management_policy: Default::default(),
         source: Some("test".into()),
     });
     Sim::new(t, 42, SimOptions::default())
