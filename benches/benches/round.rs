@@ -149,6 +149,27 @@ fn bench_round(c: &mut Criterion) {
         })
     });
     g.finish();
+    // The durability floor of a round, measured here too: after the last upload's bytes are
+    // written, a durable round needs its file fsync, the rename's directory fsync, the new
+    // model's fsync and directory fsync, and the metadata commit's fsync, one after another.
+    let fsync_dir = dir.join("fsync");
+    std::fs::create_dir_all(&fsync_dir).unwrap();
+    let (mut file_ms, mut dir_ms) = (Vec::new(), Vec::new());
+    for i in 0..10 {
+        let t = Instant::now();
+        let p = fsync_dir.join(format!("f{i}"));
+        let mut f = std::fs::File::create(&p).unwrap();
+        f.write_all(&payload).unwrap();
+        f.sync_all().unwrap();
+        file_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        std::fs::rename(&p, fsync_dir.join(format!("g{i}"))).unwrap();
+        std::fs::File::open(&fsync_dir).unwrap().sync_all().unwrap();
+        dir_ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    file_ms.sort_by(f64::total_cmp);
+    dir_ms.sort_by(f64::total_cmp);
+    let (file_fsync_ms, dir_fsync_ms) = (file_ms[5], dir_ms[5]);
     let mut q = TcpStream::connect(("127.0.0.1", raw_port)).unwrap();
     q.write_all(b"q").unwrap();
     server.join().unwrap();
@@ -164,9 +185,12 @@ fn bench_round(c: &mut Criterion) {
     let step = LOCAL_STEP.as_secs_f64() * 1e3;
     println!(
         "round overhead: {WORKERS} workers x {model_bytes} B model: coordinator round {c_ms:.1} ms, raw loopback copy {r_ms:.1} ms \
-         (ratio {:.2}x); overhead {overhead:.1} ms = {:.1}% of a round with a {step:.0} ms local step (target < 5%); load average {}",
+         (ratio {:.2}x); overhead {overhead:.1} ms = {:.1}% of a round with a {step:.0} ms local step (target < 5%); \
+         in-run fsync of {model_bytes} B {file_fsync_ms:.1} ms, rename + directory fsync {dir_fsync_ms:.1} ms \
+         (a durable round's serial floor after the last upload: 2 file + 2 directory + 1 metadata fsync ~ {:.0} ms); load average {}",
         c_ms / r_ms,
         100.0 * overhead / (step + c_ms),
+        3.0 * file_fsync_ms + 2.0 * dir_fsync_ms,
         load_average()
     );
     let rows = [Row {

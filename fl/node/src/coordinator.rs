@@ -221,7 +221,8 @@ pub struct App {
     /// The current global model's map, by digest (replaced when the round moves on; readers
     /// in flight keep the old one alive through their `Arc`).
     global: std::sync::Mutex<Option<(String, SharedModel)>>,
-    /// Bounds the uploads' blocking disk work (frame writes, fsyncs) in flight at once: with
+    /// Bounds the uploads' blocking work (frame writes, fsyncs, validation, the rename into
+    /// place) in flight at once: with
     /// 50 uploads each write would otherwise take a blocking thread of its own (357 threads
     /// seen), each with its stack and a share of the malloc arenas.
     disk: Arc<tokio::sync::Semaphore>,
@@ -589,10 +590,13 @@ impl App {
             .map_err(ApiError::internal)
     }
 
-    /// Feeds events (and the events their actions produce) to the machine. The state is
-    /// committed once for the whole batch, and before any side effect of an action
-    /// (aggregation, evaluation, the round record), so nothing acts on state that a crash
-    /// could lose. Returns the actions the callers answer with (accept/reject).
+    /// Feeds events (and the events their actions produce) to the machine; the state is
+    /// committed once, at the end, for the whole batch and chain, before anyone is answered.
+    /// The side effects in between are pure and content-addressed: an aggregation writes the
+    /// model under its digest (durably, before the state naming it is committed), and a crash
+    /// before the commit leaves the stored state as it was, so no acknowledged update is lost
+    /// and the unacknowledged uploads are retried and aggregated again (same digest). Returns
+    /// the actions the callers answer with (accept/reject).
     async fn feed(self: &Arc<Self>, core: &mut Core, events: Vec<Event>) -> Result<Vec<Action>> {
         let limit = events.len() + MAX_CHAINED_EVENTS;
         let mut queue = VecDeque::from(events);
@@ -611,12 +615,6 @@ impl App {
                 .map_err(|e| anyhow::anyhow!("round machine: {e}"))?;
             dirty = true;
             for a in actions {
-                if matches!(
-                    a,
-                    Action::Aggregate { .. } | Action::EvaluateCentralized { .. }
-                ) {
-                    self.commit_state(core, &mut dirty, now).await?;
-                }
                 match a {
                     Action::SetTimer { timer, at_ms } => self.arm_timer(timer, at_ms),
                     Action::Aggregate {
@@ -743,12 +741,19 @@ impl App {
         Ok(())
     }
 
-    /// The stored global model `digest`, mapped once and shared.
+    /// The shared map of global model `digest`, if it is the one mapped.
+    fn cached_global(&self, digest: &str) -> Option<SharedModel> {
+        match &*self.global.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some((d, m)) if d == digest => Some(m.clone()),
+            _ => None,
+        }
+    }
+
+    /// The stored global model `digest`, mapped once and shared (may block: maps the file,
+    /// or fetches it from the bucket first).
     fn global_model(&self, digest: &str) -> Result<SharedModel> {
-        if let Some((d, m)) = &*self.global.lock().unwrap_or_else(|e| e.into_inner())
-            && d == digest
-        {
-            return Ok(m.clone());
+        if let Some(m) = self.cached_global(digest) {
+            return Ok(m);
         }
         let m = SharedModel(Arc::new(self.blobs.map(&self.blobs.model_path(digest))?));
         *self.global.lock().unwrap_or_else(|e| e.into_inner()) =
@@ -1029,12 +1034,16 @@ async fn model_latest(
             core.machine.global_digest().to_owned(),
         )
     };
-    let model = {
-        let (app, digest) = (app.clone(), digest.clone());
-        tokio::task::spawn_blocking(move || app.global_model(&digest))
-            .await
-            .map_err(ApiError::internal)?
-            .map_err(ApiError::internal)?
+    // The shared map is there after the first download of a round: no blocking thread then.
+    let model = match app.cached_global(&digest) {
+        Some(m) => m,
+        None => {
+            let (app, digest) = (app.clone(), digest.clone());
+            tokio::task::spawn_blocking(move || app.global_model(&digest))
+                .await
+                .map_err(ApiError::internal)?
+                .map_err(ApiError::internal)?
+        }
     };
     let len = model.0.len();
     // Frames are slices of the one shared map: no per-request copy, whatever the model's size
@@ -1296,7 +1305,14 @@ async fn upload_inner(
     {
         let (app, tmp, client) = (app.clone(), tmp.clone(), client.clone());
         let check_global = round == cur_round && fit_open;
+        let permit = app
+            .disk
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(ApiError::internal)?;
         tokio::task::spawn_blocking(move || -> Result<(), ApiError> {
+            let _permit = permit;
             let umap = map_file(&tmp).map_err(ApiError::internal)?;
             let view =
                 ModelView::from_safetensors_labeled(&umap, &client).map_err(fl_error_to_api)?;
@@ -1329,7 +1345,14 @@ async fn upload_inner(
     // Durable in the bucket too (with --store s3://...) before the machine may accept it.
     {
         let (app, tmp, dest) = (app.clone(), tmp.clone(), dest.clone());
+        let permit = app
+            .disk
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(ApiError::internal)?;
         tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             commit(&tmp, &dest).and_then(|()| app.blobs.persist(&dest))
         })
         .await
