@@ -271,6 +271,11 @@ pub fn run(args: Vec<String>) -> Result<()> {
     crate::tls::install_crypto_provider();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // Each blocking thread costs its stack and thread-local allocator caches; 512 (tokio's
+        // default) were nearly reached with 50 uploads. Uploads hold at most UPLOAD_DISK_TASKS
+        // of these at once (one of which may nest one more, with --store s3://), so this
+        // leaves room for aggregation, inference and model maps.
+        .max_blocking_threads(64)
         .build()
         .context("starting tokio")?;
     rt.block_on(serve(args))
@@ -1161,10 +1166,18 @@ async fn receive_update(
 ) -> Result<(u64, String), ApiError> {
     let blocking = |e: tokio::task::JoinError| ApiError::internal(format!("blocking task: {e}"));
     let path = tmp.to_owned();
-    let mut file = tokio::task::spawn_blocking(move || std::fs::File::create(path))
+    let permit = disk
+        .clone()
+        .acquire_owned()
         .await
-        .map_err(blocking)?
-        .map_err(|e| ApiError::storage("creating the update file", e))?;
+        .map_err(ApiError::internal)?;
+    let mut file = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        std::fs::File::create(path)
+    })
+    .await
+    .map_err(blocking)?
+    .map_err(|e| ApiError::storage("creating the update file", e))?;
     let mut hasher = Sha256::new();
     let mut size: u64 = 0;
     let mut body = body;
