@@ -481,6 +481,11 @@ impl Sim {
         for (name, o) in &self.options.overrides {
             s.push_str(&format!(" --override {name}={}", o.to_arg()));
         }
+        if self.world.topology.gitops.is_some() {
+            // `cargo xtask sim` deploys such a topology's GitOps tree unless told not to;
+            // this run did not.
+            s.push_str(" --no-gitops");
+        }
         s
     }
 

@@ -14,7 +14,7 @@ use simulator::{Sim, SimOptions, Stop, Topology, WorkloadOverride};
 
 const USAGE: &str = "usage: cargo xtask sim --topology NAME|PATH [--seed N] [--until 30m]
        [--override WORKLOAD=replicas:R,cpu:C,memory:M]... [--faults-json JSON] [--random-faults K]
-       [--shrink] [--check-determinism] [--trace] [--schema] [--gitops [REPO]]
+       [--shrink] [--check-determinism] [--trace] [--schema] [--gitops [REPO] | --no-gitops]
        [--fl CLIENTS[xROUNDS]]
 
   --topology        fixtures/topologies/NAME.yaml or a path
@@ -34,7 +34,9 @@ const USAGE: &str = "usage: cargo xtask sim --topology NAME|PATH [--seed N] [--u
                     up to its first `-`: mlworkbench-kvm -> mlworkbench; with a `/`, REPO is a
                     repository folder); the summary lists each sync wave (ArgoCD) or Ready
                     Kustomization (Flux) with its times, and every wave held by an unhealthy
-                    resource
+                    resource. On by default for a topology that names a controller and has
+                    a repository under fixtures/gitops/ (mlworkbench, fluodata, k3s, mlops)
+  --no-gitops       run the topology's documented workloads only, without its GitOps tree
   --schema          write fixtures/topologies/topology.schema.json and exit";
 
 fn parse_duration(s: &str) -> Result<u64> {
@@ -58,8 +60,13 @@ pub fn run(args: Vec<String>) -> Result<()> {
     let (mut do_shrink, mut determinism, mut trace, mut random) = (false, false, false, 0usize);
     let mut fl: Option<(usize, u64)> = None;
     let mut gitops: Option<Option<String>> = None;
+    let mut no_gitops = false;
     let mut it = args.into_iter().peekable();
     while let Some(a) = it.next() {
+        if a == "--no-gitops" {
+            no_gitops = true;
+            continue;
+        }
         if a == "--gitops" {
             let repo = it.next_if(|v| !v.starts_with('-'));
             gitops = Some(repo);
@@ -131,6 +138,14 @@ pub fn run(args: Vec<String>) -> Result<()> {
             .join(format!("{topology}.yaml"))
     };
     let topo = Topology::load(&path)?;
+    if no_gitops && gitops.is_some() {
+        bail!("--gitops and --no-gitops exclude each other\n{USAGE}");
+    }
+    // The platform's tree is deployed by default when there is one: that is how the
+    // platforms run. --shrink works on the cluster's own fault schedule, without it.
+    if gitops.is_none() && !no_gitops && !do_shrink && GitopsRun::default_repo(&topo).is_some() {
+        gitops = Some(None);
+    }
     let gitops = match gitops {
         Some(repo) => {
             if do_shrink {
@@ -328,14 +343,29 @@ struct GitopsRun {
 const BOOT_LIMIT: u64 = 30 * MIN;
 
 impl GitopsRun {
+    /// The topology's default repository name (its name up to the first `-`).
+    fn default_repo_name(topo: &Topology) -> String {
+        topo.name
+            .split('-')
+            .next()
+            .unwrap_or(&topo.name)
+            .to_string()
+    }
+
+    /// The default repository when the topology names a controller and the fixture exists.
+    fn default_repo(topo: &Topology) -> Option<String> {
+        topo.gitops.as_ref()?;
+        let name = Self::default_repo_name(topo);
+        crate::workspace_root()
+            .join("fixtures/gitops")
+            .join(&name)
+            .join(simulator::gitops::tree::BOOTSTRAP_DIR)
+            .is_dir()
+            .then_some(name)
+    }
+
     fn load(topo: &Topology, repo: Option<String>) -> Result<Self> {
-        let repo_name = repo.unwrap_or_else(|| {
-            topo.name
-                .split('-')
-                .next()
-                .unwrap_or(&topo.name)
-                .to_string()
-        });
+        let repo_name = repo.unwrap_or_else(|| Self::default_repo_name(topo));
         // A name is a fixture; anything with a `/` a repository folder (a planted copy).
         let dir = if repo_name.contains('/') {
             PathBuf::from(&repo_name)
