@@ -28,6 +28,11 @@ pub async fn serve(
     router: Router,
 ) -> Result<()> {
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    // Plain HTTP has no client certificate: a client-sent peer-names header is dropped. The
+    // layer is applied once here (layering a router rebuilds every route: per connection it
+    // cost allocations and CPU on every request of the bench's one-request connections);
+    // over TLS each connection has its own names.
+    let plain = with_names(router.clone(), None);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut conns = JoinSet::new();
     let shutdown = crate::coordinator::shutdown_signal();
@@ -43,13 +48,11 @@ pub async fn serve(
                     tracing::debug!(%peer, "TCP_NODELAY: {e}");
                 }
                 let acceptor = acceptor.clone();
-                let router = router.clone();
+                let (router, plain) = (router.clone(), plain.clone());
                 let stop = stop_rx.clone();
                 conns.spawn(async move {
                     match acceptor {
-                        // Plain HTTP has no client certificate: a client-sent peer-names header
-                        // is dropped.
-                        None => serve_conn(tcp, with_names(router, None), stop, peer).await,
+                        None => serve_conn(tcp, plain, stop, peer).await,
                         Some(a) => match a.accept(tcp).await {
                             Ok(tls) => {
                                 let names = crate::tls::peer_names(tls.get_ref().1.peer_certificates());
