@@ -296,15 +296,17 @@ pub fn run(args: Vec<String>) -> Result<()> {
     let fl_arg = fl
         .map(|(c, r)| format!(" --fl {c}x{r}"))
         .unwrap_or_default();
+    // The engine's repro line carries the seed, faults and overrides; the run length, the
+    // GitOps controller started here and the FL job are added.
+    let engine = sim.repro();
+    let base = engine.strip_suffix(" --no-gitops").unwrap_or(&engine);
     match &gitops {
-        // The engine's repro line knows nothing of the controller started here.
         Some(g) => println!(
-            "repro: cargo xtask sim --topology {} --seed {seed} --until {}s --gitops {}{fl_arg}",
-            topo.name,
+            "{base} --until {}s --gitops {}{fl_arg}",
             until / SEC,
             g.repo_name
         ),
-        None => println!("{}{fl_arg}", sim.repro()),
+        None => println!("{engine} --until {}s{fl_arg}", until / SEC),
     }
     if determinism {
         let mut again = build()?;
