@@ -207,8 +207,12 @@ impl AsRef<[u8]> for SharedModel {
     }
 }
 
-/// Blocking disk tasks of uploads in flight at once (see `App::disk`).
-const UPLOAD_DISK_TASKS: usize = 16;
+/// Blocking disk tasks of uploads in flight at once (see `App::disk`). Each upload in flight
+/// holds buffers and a blocking thread's stack: bench `round_scale` (50 workers x 1M params,
+/// at load about 2) peaked at 5.05 models of anonymous memory with 16 and 64 blocking
+/// threads, 4.35 with 8 and 24, 4.10 with 4 and 12. The disk (one fsync per update) is the
+/// bottleneck of an upload either way.
+const UPLOAD_DISK_TASKS: usize = 4;
 
 /// Body frame size for model downloads: slices of the shared map, never copies.
 const MODEL_FRAME_BYTES: usize = 256 << 10;
@@ -273,9 +277,9 @@ pub fn run(args: Vec<String>) -> Result<()> {
         .enable_all()
         // Each blocking thread costs its stack and thread-local allocator caches; 512 (tokio's
         // default) were nearly reached with 50 uploads. Uploads hold at most UPLOAD_DISK_TASKS
-        // of these at once (one of which may nest one more, with --store s3://), so this
+        // of these at once (each of which may nest one more, with --store s3://), so this
         // leaves room for aggregation, inference and model maps.
-        .max_blocking_threads(64)
+        .max_blocking_threads(3 * UPLOAD_DISK_TASKS)
         .build()
         .context("starting tokio")?;
     rt.block_on(serve(args))
