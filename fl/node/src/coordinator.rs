@@ -897,31 +897,67 @@ fn phase_name(p: &Phase) -> &'static str {
     }
 }
 
-/// Reads a whole body up to `limit` bytes (for JSON bodies).
-async fn read_limited(body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
-    let mut body = body;
-    let mut out = Vec::new();
+/// The next non-empty data frame of `body`, counted into `received`: a body that breaks off is
+/// `truncated_body`, one past `limit` bytes `body_too_large` (413).
+async fn next_chunk(
+    body: &mut Body,
+    received: &mut u64,
+    limit: u64,
+) -> Result<Option<Bytes>, ApiError> {
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| {
             ApiError::bad(
                 "truncated_body",
                 "body",
-                format!("reading the body failed: {e}"),
+                format!("the body ended early after {received} bytes: {e}"),
             )
         })?;
-        if let Ok(d) = frame.into_data() {
-            if out.len() + d.len() > limit {
-                return Err(ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "body_too_large",
-                    "body",
-                    format!("over {limit} bytes"),
-                ));
-            }
-            out.extend_from_slice(&d);
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if data.is_empty() {
+            continue;
         }
+        *received += data.len() as u64;
+        if *received > limit {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                "body",
+                format!("over the limit of {limit} bytes"),
+            ));
+        }
+        return Ok(Some(data));
+    }
+    Ok(None)
+}
+
+/// Reads a whole body up to `limit` bytes (for JSON bodies).
+async fn read_limited(mut body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
+    let mut out = Vec::new();
+    let mut received = 0;
+    while let Some(d) = next_chunk(&mut body, &mut received, limit as u64).await? {
+        out.extend_from_slice(&d);
     }
     Ok(out)
+}
+
+/// Runs `f` on a blocking thread while it holds one of the disk permits (see `App::disk`).
+async fn on_disk<T: Send + 'static>(
+    disk: &Arc<tokio::sync::Semaphore>,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    let permit = disk
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(ApiError::internal)?;
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        f()
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("blocking task: {e}")))
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
@@ -1168,72 +1204,24 @@ async fn receive_update(
     limit: u64,
     disk: &Arc<tokio::sync::Semaphore>,
 ) -> Result<(u64, String), ApiError> {
-    let blocking = |e: tokio::task::JoinError| ApiError::internal(format!("blocking task: {e}"));
     let path = tmp.to_owned();
-    let permit = disk
-        .clone()
-        .acquire_owned()
-        .await
-        .map_err(ApiError::internal)?;
-    let mut file = tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        std::fs::File::create(path)
-    })
-    .await
-    .map_err(blocking)?
-    .map_err(|e| ApiError::storage("creating the update file", e))?;
+    let mut file = on_disk(disk, move || std::fs::File::create(path))
+        .await?
+        .map_err(|e| ApiError::storage("creating the update file", e))?;
     let mut hasher = Sha256::new();
     let mut size: u64 = 0;
     let mut body = body;
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| {
-            ApiError::bad(
-                "truncated_body",
-                "body",
-                format!("the body ended early after {size} bytes: {e}"),
-            )
-        })?;
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        if data.is_empty() {
-            continue;
-        }
-        size += data.len() as u64;
-        if size > limit {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                "body",
-                format!("over the limit of {limit} bytes"),
-            ));
-        }
-        let permit = disk
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(ApiError::internal)?;
-        (file, hasher) = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
+    while let Some(data) = next_chunk(&mut body, &mut size, limit).await? {
+        (file, hasher) = on_disk(disk, move || {
             hasher.update(&data);
             std::io::Write::write_all(&mut file, &data).map(|()| (file, hasher))
         })
-        .await
-        .map_err(blocking)?
+        .await?
         .map_err(|e| ApiError::storage("writing the update", e))?;
     }
-    let permit = disk
-        .clone()
-        .acquire_owned()
-        .await
-        .map_err(ApiError::internal)?;
-    tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        file.sync_all()
-    })
-    .await
-    .map_err(blocking)?
-    .map_err(|e| ApiError::storage("fsync of the update", e))?;
+    on_disk(disk, move || file.sync_all())
+        .await?
+        .map_err(|e| ApiError::storage("fsync of the update", e))?;
     Ok((size, hex::encode(hasher.finalize())))
 }
 
@@ -1322,14 +1310,8 @@ async fn upload_inner(
     {
         let (app, tmp, client) = (app.clone(), tmp.clone(), client.clone());
         let check_global = round == cur_round && fit_open;
-        let permit = app
-            .disk
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(ApiError::internal)?;
-        tokio::task::spawn_blocking(move || -> Result<(), ApiError> {
-            let _permit = permit;
+        let disk = app.disk.clone();
+        on_disk(&disk, move || -> Result<(), ApiError> {
             let umap = map_file(&tmp).map_err(ApiError::internal)?;
             let view =
                 ModelView::from_safetensors_labeled(&umap, &client).map_err(fl_error_to_api)?;
@@ -1353,8 +1335,7 @@ async fn upload_inner(
                 .map_err(fl_error_to_api)?;
             Ok(())
         })
-        .await
-        .map_err(ApiError::internal)??;
+        .await??;
     }
 
     // 3. Move into place under its content id, durably.
@@ -1362,18 +1343,11 @@ async fn upload_inner(
     // Durable in the bucket too (with --store s3://...) before the machine may accept it.
     {
         let (app, tmp, dest) = (app.clone(), tmp.clone(), dest.clone());
-        let permit = app
-            .disk
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(ApiError::internal)?;
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
+        let disk = app.disk.clone();
+        on_disk(&disk, move || {
             commit(&tmp, &dest).and_then(|()| app.blobs.persist(&dest))
         })
-        .await
-        .map_err(ApiError::internal)?
+        .await?
         .map_err(ApiError::internal)?;
     }
     guard.0 = None;
