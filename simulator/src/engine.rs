@@ -470,6 +470,18 @@ impl Sim {
 
     /// One line that rebuilds exactly this run.
     pub fn repro(&self) -> String {
+        let mut s = self.repro_cluster();
+        if self.world.topology.gitops.is_some() {
+            // `cargo xtask sim` deploys such a topology's GitOps tree unless told not to;
+            // this run did not.
+            s.push_str(" --no-gitops");
+        }
+        s
+    }
+
+    /// The repro line's cluster part (topology, seed, faults, overrides), for a shell that
+    /// adds what it ran on top (`cargo xtask sim`: its GitOps controller, FL job and run length).
+    pub fn repro_cluster(&self) -> String {
         let mut s = format!(
             "repro: cargo xtask sim --topology {} --seed {}",
             self.topology_name, self.world.seed
@@ -480,11 +492,6 @@ impl Sim {
         }
         for (name, o) in &self.options.overrides {
             s.push_str(&format!(" --override {name}={}", o.to_arg()));
-        }
-        if self.world.topology.gitops.is_some() {
-            // `cargo xtask sim` deploys such a topology's GitOps tree unless told not to;
-            // this run did not.
-            s.push_str(" --no-gitops");
         }
         s
     }

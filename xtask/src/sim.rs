@@ -298,15 +298,14 @@ pub fn run(args: Vec<String>) -> Result<()> {
         .unwrap_or_default();
     // The engine's repro line carries the seed, faults and overrides; the run length, the
     // GitOps controller started here and the FL job are added.
-    let engine = sim.repro();
-    let base = engine.strip_suffix(" --no-gitops").unwrap_or(&engine);
     match &gitops {
         Some(g) => println!(
-            "{base} --until {}s --gitops {}{fl_arg}",
+            "{} --until {}s --gitops {}{fl_arg}",
+            sim.repro_cluster(),
             until / SEC,
             g.repo_name
         ),
-        None => println!("{engine} --until {}s{fl_arg}", until / SEC),
+        None => println!("{} --until {}s{fl_arg}", sim.repro(), until / SEC),
     }
     if determinism {
         let mut again = build()?;
