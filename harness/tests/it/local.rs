@@ -603,12 +603,14 @@ fn a_coordinator_clock_jump_fires_its_round_timer() {
 
 /// Five clients, three rounds, no fault: the accepted set of every round is all five clients
 /// whatever the timing (no round timeout fires), so both backends must aggregate the same
-/// updates into the same bits.
+/// updates into the same bits. The pods' requests fit mlworkbench-kvm's nodes (the documented
+/// 4 CPU / 16Gi worker pool does not, see scenarios/fl-documented-pool-unschedulable.yaml).
 const PARITY_FEDAVG: &str = "name: local-parity-fedavg
 topology: mlworkbench-kvm
 timeout: 120s
 workload:
-  fl: { clients: 5, rounds: 3, strategy: fedavg, model: softmax-20-10 }
+  fl: { clients: 5, rounds: 3, strategy: fedavg, model: softmax-20-10,
+        client_requests: { cpu_millis: 20, memory_mib: 128 }, coordinator_requests: { cpu_millis: 500, memory_mib: 1024 } }
 steps:
   - wait: { duration: 15m }
   - fl.start: {}
