@@ -7,7 +7,7 @@
 //! then is the upload acknowledged. After a SIGKILL the restarted process restores that state
 //! and feeds [`Event::Restart`], which re-emits whatever was in flight.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -40,7 +40,7 @@ use crate::clock::{Clock, FileClock, SystemClock};
 use crate::dataset;
 use crate::metrics::Metrics;
 use crate::modelio;
-use crate::store::{Blobs, Commit, Meta, ModelRow, commit};
+use crate::store::{Blobs, Commit, Meta, ModelRow, rename_into, sync_dirs};
 
 /// Default cap on one upload: 1 GiB (a 250M-parameter f32 model).
 pub const DEFAULT_MAX_UPDATE_BYTES: u64 = 1 << 30;
@@ -191,6 +191,28 @@ struct Core {
     new_models: Vec<ModelRow>,
 }
 
+/// What the request handlers outside the round machine read (downloads, the uploads' choice
+/// of model to validate against, inference), as of the last commit: published after each one,
+/// so that they never wait for the core lock, which a commit holds through its fsyncs and an
+/// aggregation through its whole run (bench `round`: downloads and uploads queued behind
+/// every upload's commit).
+#[derive(Clone)]
+struct Published {
+    round: u64,
+    fit_open: bool,
+    global_digest: String,
+}
+
+impl Published {
+    fn of(m: &Coordinator) -> Self {
+        Self {
+            round: m.round(),
+            fit_open: matches!(m.phase(), Phase::Fit { .. }),
+            global_digest: m.global_digest().to_owned(),
+        }
+    }
+}
+
 /// An event waiting for the next group commit, and where its actions go.
 type Pending = (
     Event,
@@ -222,13 +244,20 @@ pub struct App {
     /// Events waiting for the core lock; whoever takes it next feeds them all and commits the
     /// state once (group commit), then answers each.
     pending: std::sync::Mutex<Vec<Pending>>,
+    /// The machine's round, phase and global model as of the last commit.
+    published: std::sync::Mutex<Published>,
+    /// Directories that files were renamed into (accepted uploads, new models and strategy
+    /// states) since the last commit: each is fsynced once, by the next commit, before the
+    /// state that names the files is (one directory fsync per batch, not one per upload).
+    unsynced_dirs: std::sync::Mutex<BTreeSet<PathBuf>>,
     /// The current global model's map, by digest (replaced when the round moves on; readers
     /// in flight keep the old one alive through their `Arc`).
     global: std::sync::Mutex<Option<(String, SharedModel)>>,
-    /// Bounds the uploads' blocking work (frame writes, fsyncs, validation, the rename into
-    /// place) in flight at once: with
-    /// 50 uploads each write would otherwise take a blocking thread of its own (357 threads
-    /// seen), each with its stack and a share of the malloc arenas.
+    /// Bounds the uploads' blocking work (file creation; fsync, validation and the rename
+    /// into place) in flight at once: with 50 uploads each would otherwise take a blocking
+    /// thread of its own (357 threads seen when every frame write was one), each with its
+    /// stack and a share of the malloc arenas. Frame writes run on the runtime's threads
+    /// (`receive_update`).
     disk: Arc<tokio::sync::Semaphore>,
     blobs: Blobs,
     meta: Meta,
@@ -416,13 +445,16 @@ async fn start(args: &Args) -> Result<(Arc<App>, tokio::net::TcpListener)> {
         None => fl_core::job::client_proximal_mu(&args.strategy, &strategy_params)
             .with_context(|| format!("--strategy {}", args.strategy))?,
     };
+    let published = std::sync::Mutex::new(Published::of(&machine));
     let app = Arc::new(App {
+        published,
         core: Mutex::new(Core {
             saved_rounds: machine.history().len(),
             machine,
             new_models: Vec::new(),
         }),
         pending: std::sync::Mutex::new(Vec::new()),
+        unsynced_dirs: std::sync::Mutex::new(BTreeSet::new()),
         global: std::sync::Mutex::new(None),
         disk: Arc::new(tokio::sync::Semaphore::new(UPLOAD_DISK_TASKS)),
         blobs,
@@ -718,6 +750,8 @@ impl App {
         if dirty {
             self.commit_state(core, &mut dirty, self.clock.now_ms())
                 .await?;
+            *self.published.lock().unwrap_or_else(|e| e.into_inner()) =
+                Published::of(&core.machine);
         }
         self.metrics
             .set("fl_current_round", core.machine.round() as f64);
@@ -733,6 +767,20 @@ impl App {
     async fn commit_state(&self, core: &mut Core, dirty: &mut bool, now: u64) -> Result<()> {
         if !*dirty {
             return Ok(());
+        }
+        // The renames the state depends on first: a crash after the commit must find every
+        // file it names.
+        let dirs: Vec<PathBuf> =
+            std::mem::take(&mut *self.unsynced_dirs.lock().unwrap_or_else(|e| e.into_inner()))
+                .into_iter()
+                .collect();
+        if let Err(e) = tokio::task::block_in_place(|| sync_dirs(&dirs)) {
+            // Still unsynced: the next commit tries again.
+            self.unsynced_dirs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(dirs);
+            return Err(e);
         }
         self.meta
             .commit(&Commit {
@@ -826,17 +874,37 @@ impl App {
         }
         let (model, metrics) = s.finish()?;
         let digest = model.digest().to_hex();
-        // Tensor by tensor from the strategy's output: no serialised copy of the model.
-        let size = self
+        // Tensor by tensor from the strategy's output: no serialised copy of the model. The
+        // directories' fsyncs come with the commit that names the files (commit_state).
+        let (size, dir) = self
             .blobs
-            .write_model_durable(&self.blobs.model_path(&digest), &model)?;
+            .write_model_unsynced_dir(&self.blobs.model_path(&digest), &model)?;
+        self.unsynced_dir(dir);
         drop(model);
         let st = s.state();
         if !st.is_empty() {
-            self.blobs
-                .write_model_durable(&self.blobs.strategy_state_path(round), &st)?;
+            let (_, dir) = self
+                .blobs
+                .write_model_unsynced_dir(&self.blobs.strategy_state_path(round), &st)?;
+            self.unsynced_dir(dir);
         }
         Ok((digest, size, metrics))
+    }
+
+    /// The machine's round, phase and global model as of the last commit.
+    fn published(&self) -> Published {
+        self.published
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Notes a directory a file was renamed into, for the next commit to fsync.
+    fn unsynced_dir(&self, dir: PathBuf) {
+        self.unsynced_dirs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(dir);
     }
 
     fn evaluate_central(&self, digest: &str) -> Result<(f64, FlMetrics)> {
@@ -1072,13 +1140,11 @@ async fn model_latest(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     app.principal(&headers)?;
-    let (round, digest) = {
-        let core = app.core.lock().await;
-        (
-            core.machine.round(),
-            core.machine.global_digest().to_owned(),
-        )
-    };
+    let Published {
+        round,
+        global_digest: digest,
+        ..
+    } = app.published();
     // The shared map is there after the first download of a round: no blocking thread then.
     let model = match app.cached_global(&digest) {
         Some(m) => m,
@@ -1194,16 +1260,21 @@ impl Drop for TmpGuard {
 }
 
 /// Streams an upload body into a new file at `tmp`: each body frame (at most the connection's
-/// 64 KiB read buffer) is hashed and written on a blocking thread before the next is read, so
-/// one frame of the body is in memory at a time, whatever its size (the kernel's socket buffer
-/// keeps receiving meanwhile); the file is fsynced before this returns. Returns the size and
-/// the SHA-256 of the body (the update's content id).
+/// 64 KiB read buffer) is hashed and written before the next is read, so one frame of the
+/// body is in memory at a time, whatever its size (the kernel's socket buffer keeps receiving
+/// meanwhile). The frames are written on the runtime's own thread, as nginx writes request
+/// bodies to its temporary files: a write of one frame into the page cache takes tens of
+/// microseconds, less than the hand-off to a blocking thread and back that it replaced (two
+/// wake-ups per frame, 16 per megabyte: the largest share of the coordinator's CPU per round
+/// in bench `round`). The fsync, which waits for the disk, is the caller's, on a blocking
+/// thread (`durable_update`). Returns the open file, the size and the SHA-256 of the body (the
+/// update's content id).
 async fn receive_update(
     body: Body,
     tmp: &Path,
     limit: u64,
     disk: &Arc<tokio::sync::Semaphore>,
-) -> Result<(u64, String), ApiError> {
+) -> Result<(std::fs::File, u64, String), ApiError> {
     let path = tmp.to_owned();
     let mut file = on_disk(disk, move || std::fs::File::create(path))
         .await?
@@ -1212,17 +1283,40 @@ async fn receive_update(
     let mut size: u64 = 0;
     let mut body = body;
     while let Some(data) = next_chunk(&mut body, &mut size, limit).await? {
-        (file, hasher) = on_disk(disk, move || {
-            hasher.update(&data);
-            std::io::Write::write_all(&mut file, &data).map(|()| (file, hasher))
-        })
-        .await?
-        .map_err(|e| ApiError::storage("writing the update", e))?;
+        hasher.update(&data);
+        std::io::Write::write_all(&mut file, &data)
+            .map_err(|e| ApiError::storage("writing the update", e))?;
     }
-    on_disk(disk, move || file.sync_all())
-        .await?
-        .map_err(|e| ApiError::storage("fsync of the update", e))?;
-    Ok((size, hex::encode(hasher.finalize())))
+    Ok((file, size, hex::encode(hasher.finalize())))
+}
+
+/// Checks an update against the open round's global model (names, shapes, dtypes, finite
+/// values, size), as the strategy's fold would.
+fn validate_update(
+    app: &App,
+    global_digest: &str,
+    limit: u64,
+    round: u64,
+    client: String,
+    num_examples: u64,
+    view: ModelView<'_>,
+) -> Result<(), ApiError> {
+    let gmap = app
+        .global_model(global_digest)
+        .map_err(ApiError::internal)?;
+    let global = ModelView::from_safetensors_labeled(gmap.as_ref(), "global model")
+        .map_err(ApiError::internal)?;
+    let mut c = Collector::new(
+        "upload",
+        Limits {
+            max_update_bytes: Some(limit),
+            ..Limits::default()
+        },
+    );
+    c.begin(round, Some(global)).map_err(ApiError::internal)?;
+    c.fold(Update::new(client, round, view, num_examples))
+        .map_err(fl_error_to_api)?;
+    Ok(())
 }
 
 async fn upload(
@@ -1293,65 +1387,53 @@ async fn upload_inner(
         ));
     }
 
-    // 1. Stream to tmp/, hashing, bounded; fsynced before anything reads it.
+    // 1. Stream to tmp/, hashing, bounded.
     let tmp = app.blobs.tmp_path();
     let mut guard = TmpGuard(Some(tmp.clone()));
-    let (size, update_id) = receive_update(body, &tmp, limit, &app.disk).await?;
+    let (file, size, update_id) = receive_update(body, &tmp, limit, &app.disk).await?;
 
-    // 2. Validate against the open round's global model (zero-copy over the mapped files).
-    let (cur_round, fit_open, global_digest) = {
-        let core = app.core.lock().await;
-        (
-            core.machine.round(),
-            matches!(core.machine.phase(), Phase::Fit { .. }),
-            core.machine.global_digest().to_owned(),
-        )
-    };
+    // 2. Fsync, validate against the open round's global model (zero-copy over the mapped
+    //    files) and 3. move into place under its content id, in one blocking task.
+    let Published {
+        round: cur_round,
+        fit_open,
+        global_digest,
+    } = app.published();
+    let dest = app.blobs.update_path(round, &client, &update_id);
     {
-        let (app, tmp, client) = (app.clone(), tmp.clone(), client.clone());
+        let (app, tmp, client, dest) = (app.clone(), tmp.clone(), client.clone(), dest.clone());
         let check_global = round == cur_round && fit_open;
         let disk = app.disk.clone();
         on_disk(&disk, move || -> Result<(), ApiError> {
+            // Fsynced before anything reads it.
+            file.sync_all()
+                .map_err(|e| ApiError::storage("fsync of the update", e))?;
+            drop(file);
             let umap = map_file(&tmp).map_err(ApiError::internal)?;
             let view =
                 ModelView::from_safetensors_labeled(&umap, &client).map_err(fl_error_to_api)?;
-            if !check_global {
-                return Ok(());
+            if check_global {
+                validate_update(
+                    &app,
+                    &global_digest,
+                    limit,
+                    round,
+                    client,
+                    num_examples,
+                    view,
+                )?;
             }
-            let gmap = app
-                .global_model(&global_digest)
-                .map_err(ApiError::internal)?;
-            let global = ModelView::from_safetensors_labeled(gmap.as_ref(), "global model")
-                .map_err(ApiError::internal)?;
-            let mut c = Collector::new(
-                "upload",
-                Limits {
-                    max_update_bytes: Some(limit),
-                    ..Limits::default()
-                },
-            );
-            c.begin(round, Some(global)).map_err(ApiError::internal)?;
-            c.fold(Update::new(client, round, view, num_examples))
-                .map_err(fl_error_to_api)?;
-            Ok(())
+            drop(umap);
+            // Under its content id. Durable in the bucket too (with --store s3://...) before
+            // the machine may accept it; the rename is made durable by the directory's fsync
+            // in the commit that accepts it (commit_state), before the ack.
+            let dir = rename_into(&tmp, &dest).map_err(ApiError::internal)?;
+            app.unsynced_dir(dir);
+            app.blobs.persist(&dest).map_err(ApiError::internal)
         })
         .await??;
     }
-
-    // 3. Move into place under its content id, durably.
-    let dest = app.blobs.update_path(round, &client, &update_id);
-    // Durable in the bucket too (with --store s3://...) before the machine may accept it.
-    {
-        let (app, tmp, dest) = (app.clone(), tmp.clone(), dest.clone());
-        let disk = app.disk.clone();
-        on_disk(&disk, move || {
-            commit(&tmp, &dest).and_then(|()| app.blobs.persist(&dest))
-        })
-        .await?
-        .map_err(ApiError::internal)?;
-    }
     guard.0 = None;
-
     // 4. The machine decides; its state is committed (with whatever else arrived meanwhile)
     //    before we answer.
     let actions = app
@@ -1526,13 +1608,11 @@ async fn inference(
             ));
         }
     }
-    let (round, digest) = {
-        let core = app.core.lock().await;
-        (
-            core.machine.round(),
-            core.machine.global_digest().to_owned(),
-        )
-    };
+    let Published {
+        round,
+        global_digest: digest,
+        ..
+    } = app.published();
     let m =
         tokio::task::block_in_place(|| app.global_model(&digest)).map_err(ApiError::internal)?;
     let model = ModelView::from_safetensors_labeled(m.as_ref(), "global model")

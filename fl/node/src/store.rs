@@ -320,21 +320,35 @@ impl Blobs {
     /// Writes a model durably at `dest`, tensor by tensor from its own buffers (no
     /// serialised copy of the whole model). Returns the file's length.
     pub fn write_model_durable(&self, dest: &Path, model: &fl_core::ModelView<'_>) -> Result<u64> {
-        let mut len = 0;
-        self.write_durable_with(dest, |f| {
-            len = model.write_safetensors(f)?;
-            Ok(())
-        })?;
+        let (len, dir) = self.write_model_unsynced_dir(dest, model)?;
+        sync_dir(&dir)?;
         Ok(len)
     }
 
-    /// Durable write of whatever `write` puts into the temporary file (tmp, fsync, rename,
-    /// fsync dir, then the bucket); the temporary file is removed on failure.
-    pub fn write_durable_with(
+    /// `write_model_durable` but for the fsync of the directory the file was renamed into,
+    /// which the caller does before it commits anything that names the file (see
+    /// `rename_into`). Returns the file's length and that directory.
+    pub fn write_model_unsynced_dir(
+        &self,
+        dest: &Path,
+        model: &fl_core::ModelView<'_>,
+    ) -> Result<(u64, PathBuf)> {
+        let mut len = 0;
+        let dir = self.write_unsynced_dir(dest, |f| {
+            len = model.write_safetensors(f)?;
+            Ok(())
+        })?;
+        Ok((len, dir))
+    }
+
+    /// Writes whatever `write` puts into a temporary file, fsyncs it, renames it into place
+    /// and puts it in the bucket; the temporary file is removed on failure. Durable once the
+    /// returned directory (the one it was renamed into) is fsynced.
+    fn write_unsynced_dir(
         &self,
         dest: &Path,
         write: impl FnOnce(&mut File) -> std::io::Result<()>,
-    ) -> Result<()> {
+    ) -> Result<PathBuf> {
         let tmp = self.tmp_path();
         let r = (|| {
             let mut f =
@@ -343,28 +357,79 @@ impl Blobs {
             f.sync_all()
                 .with_context(|| format!("fsync {}", tmp.display()))?;
             drop(f);
-            commit(&tmp, dest)
+            rename_into(&tmp, dest)
         })();
         if r.is_err() {
             let _ = std::fs::remove_file(&tmp);
         }
-        r?;
-        self.persist(dest)
+        let dir = r?;
+        self.persist(dest)?;
+        Ok(dir)
+    }
+}
+
+/// Runs blocking `f` (a SQLite commit waits for its fsync) so that it does not stall the
+/// runtime's other tasks: on a multi-thread runtime the worker hands them off first
+/// (`block_in_place`); elsewhere (tests, one-shot commands) it just runs.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
+/// Fsyncs directories (see `rename_into`), several at once: on one journalling file system
+/// the first to run commits what the others need, and they return without waiting for
+/// another commit.
+pub fn sync_dirs(dirs: &[PathBuf]) -> Result<()> {
+    match dirs {
+        [] => Ok(()),
+        [d] => sync_dir(d),
+        [first, rest @ ..] => std::thread::scope(|s| {
+            let others: Vec<_> = rest.iter().map(|d| s.spawn(move || sync_dir(d))).collect();
+            let mut r = sync_dir(first);
+            for h in others {
+                let x = h
+                    .join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a directory fsync panicked")));
+                r = r.and(x);
+            }
+            r
+        }),
     }
 }
 
 /// Renames a complete, fsynced temporary file into place and fsyncs the directory.
 pub fn commit(tmp: &Path, dest: &Path) -> Result<()> {
+    let dir = rename_into(tmp, dest)?;
+    sync_dir(&dir)
+}
+
+/// Renames a complete, fsynced temporary file into place; the rename is durable only once
+/// the returned directory is fsynced (`sync_dir`), which the caller does before it commits
+/// anything that names the file (the coordinator: once per group commit, for every upload of
+/// the batch, instead of once per upload). A directory this creates is durable on return
+/// (its parent fsynced), so the later fsync of the returned one is all the rename needs.
+pub fn rename_into(tmp: &Path, dest: &Path) -> Result<PathBuf> {
     let dir = dest
         .parent()
         .context("destination has no parent directory")?;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    if !dir.is_dir() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        if let Some(parent) = dir.parent() {
+            sync_dir(parent)?;
+        }
+    }
     std::fs::rename(tmp, dest)
         .with_context(|| format!("renaming {} to {}", tmp.display(), dest.display()))?;
+    Ok(dir.to_owned())
+}
+
+/// Makes the entries of directory `dir` (renames, creations) durable.
+pub fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
-        .with_context(|| format!("fsync directory {}", dir.display()))?;
-    Ok(())
+        .with_context(|| format!("fsync directory {}", dir.display()))
 }
 
 /// A stored global model.
@@ -542,7 +607,7 @@ impl Meta {
                 pg.commit(c.config, &state, &rounds, c.models, c.now_ms)
                     .await
             }
-            Meta::Sqlite(_) => {
+            Meta::Sqlite(_) => blocking(|| {
                 let mut conn = self.sqlite();
                 let tx = conn
                     .transaction()
@@ -569,7 +634,7 @@ impl Meta {
                 }
                 tx.commit().context("committing metadata")?;
                 Ok(())
-            }
+            }),
         }
     }
 
@@ -722,7 +787,9 @@ mod tests {
             0
         );
         let p = b.update_path(3, "w1", "abc");
-        b.write_durable_with(&p, |f| f.write_all(b"bytes")).unwrap();
+        let d = b.write_unsynced_dir(&p, |f| f.write_all(b"bytes")).unwrap();
+        assert_eq!(d, p.parent().unwrap());
+        sync_dir(&d).unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"bytes");
     }
 }

@@ -62,6 +62,14 @@ pub struct Collector<'a> {
 /// Elements per parallel chunk for validation passes.
 const CHECK_CHUNK: usize = 1 << 16;
 
+/// Validation passes over fewer chunks than this run on the calling thread. Handing a pass to
+/// the rayon pool from a thread outside it costs a wake-up of the pool, and its workers spin
+/// (`sched_yield`) for a while after the work is gone: for a 1 MB update, whose check takes
+/// about 0.1 ms, that was most of the CPU the check cost (the coordinator validates each
+/// upload on its own blocking thread, many at once, so they are parallel anyway). The results
+/// are the same either way: the first bad chunk, and per-chunk partial sums added in order.
+const PAR_MIN_CHUNKS: usize = 16;
+
 impl<'a> Collector<'a> {
     /// An empty buffer for `strategy` (its name appears in errors).
     pub fn new(strategy: &str, limits: Limits) -> Self {
@@ -311,11 +319,18 @@ pub fn check_finite(client: &str, t: &TensorView<'_>) -> Result<(), FlError> {
     }
     let size = dtype.size_bytes();
     let bytes = t.bytes();
-    let bad_chunk = bytes
-        .par_chunks(CHECK_CHUNK * size)
-        .enumerate()
-        .find_first(|(_, c)| chunk_has_nonfinite(dtype, c))
-        .map(|(i, _)| i);
+    let chunk_bytes = CHECK_CHUNK * size;
+    let bad_chunk = if bytes.len().div_ceil(chunk_bytes) < PAR_MIN_CHUNKS {
+        bytes
+            .chunks(chunk_bytes)
+            .position(|c| chunk_has_nonfinite(dtype, c))
+    } else {
+        bytes
+            .par_chunks(chunk_bytes)
+            .enumerate()
+            .find_first(|(_, c)| chunk_has_nonfinite(dtype, c))
+            .map(|(i, _)| i)
+    };
     let Some(chunk) = bad_chunk else {
         return Ok(());
     };
@@ -375,22 +390,24 @@ pub fn update_norm(model: &ModelView<'_>, global: Option<&ModelView<'_>>) -> (f6
 pub fn tensor_sq_dist(t: &TensorView<'_>, g: Option<&TensorView<'_>>) -> f64 {
     let n = t.numel();
     let chunks = n.div_ceil(CHECK_CHUNK);
-    let partials: Vec<f64> = (0..chunks)
-        .into_par_iter()
-        .map(|c| {
-            let start = c * CHECK_CHUNK;
-            let len = CHECK_CHUNK.min(n - start);
-            let mut a = vec![0.0f64; len];
-            t.load_f64(start, &mut a);
-            if let Some(g) = g {
-                let mut b = vec![0.0f64; len];
-                g.load_f64(start, &mut b);
-                for (x, y) in a.iter_mut().zip(&b) {
-                    *x -= y;
-                }
+    let partial = |c: usize| {
+        let start = c * CHECK_CHUNK;
+        let len = CHECK_CHUNK.min(n - start);
+        let mut a = vec![0.0f64; len];
+        t.load_f64(start, &mut a);
+        if let Some(g) = g {
+            let mut b = vec![0.0f64; len];
+            g.load_f64(start, &mut b);
+            for (x, y) in a.iter_mut().zip(&b) {
+                *x -= y;
             }
-            super::kernel::sum_sq(&a)
-        })
-        .collect();
+        }
+        super::kernel::sum_sq(&a)
+    };
+    let partials: Vec<f64> = if chunks < PAR_MIN_CHUNKS {
+        (0..chunks).map(partial).collect()
+    } else {
+        (0..chunks).into_par_iter().map(partial).collect()
+    };
     partials.iter().sum()
 }
