@@ -229,11 +229,11 @@ impl AsRef<[u8]> for SharedModel {
     }
 }
 
-/// Blocking disk tasks of uploads in flight at once (see `App::disk`). Each upload in flight
-/// holds buffers and a blocking thread's stack: bench `round_scale` (50 workers x 1M params,
-/// at load about 2) peaked at 5.05 models of anonymous memory with 16 and 64 blocking
-/// threads, 4.35 with 8 and 24, 4.10 with 4 and 12. The disk (one fsync per update) is the
-/// bottleneck of an upload either way.
+/// Blocking disk tasks of uploads in flight at once (see `App::disk`): each holds a blocking
+/// thread's stack and allocator caches. Measured when every frame write was such a task
+/// (bench `round_scale`, 50 workers x 1M params, load about 2): 5.05 models of anonymous
+/// memory at the peak with 16 tasks and 64 blocking threads, 4.35 with 8 and 24, 4.10 with 4
+/// and 12. The disk (one fsync per update) is the bottleneck of an upload either way.
 const UPLOAD_DISK_TASKS: usize = 4;
 
 /// Body frame size for model downloads: slices of the shared map, never copies.
@@ -750,8 +750,6 @@ impl App {
         if dirty {
             self.commit_state(core, &mut dirty, self.clock.now_ms())
                 .await?;
-            *self.published.lock().unwrap_or_else(|e| e.into_inner()) =
-                Published::of(&core.machine);
         }
         self.metrics
             .set("fl_current_round", core.machine.round() as f64);
@@ -763,7 +761,8 @@ impl App {
     }
 
     /// Commits the machine's state with its newly completed rounds and new models (one
-    /// database transaction, durable on return).
+    /// database transaction, durable on return), then publishes it to the readers that do
+    /// not take the lock (`Published`).
     async fn commit_state(&self, core: &mut Core, dirty: &mut bool, now: u64) -> Result<()> {
         if !*dirty {
             return Ok(());
@@ -793,6 +792,7 @@ impl App {
             .await?;
         core.saved_rounds = core.machine.history().len();
         core.new_models.clear();
+        *self.published.lock().unwrap_or_else(|e| e.into_inner()) = Published::of(&core.machine);
         self.metrics.inc("fl_state_commits_total", &[], 1);
         *dirty = false;
         Ok(())
@@ -874,19 +874,11 @@ impl App {
         }
         let (model, metrics) = s.finish()?;
         let digest = model.digest().to_hex();
-        // Tensor by tensor from the strategy's output: no serialised copy of the model. The
-        // directories' fsyncs come with the commit that names the files (commit_state).
-        let (size, dir) = self
-            .blobs
-            .write_model_unsynced_dir(&self.blobs.model_path(&digest), &model)?;
-        self.unsynced_dir(dir);
+        let size = self.write_for_commit(&self.blobs.model_path(&digest), &model)?;
         drop(model);
         let st = s.state();
         if !st.is_empty() {
-            let (_, dir) = self
-                .blobs
-                .write_model_unsynced_dir(&self.blobs.strategy_state_path(round), &st)?;
-            self.unsynced_dir(dir);
+            self.write_for_commit(&self.blobs.strategy_state_path(round), &st)?;
         }
         Ok((digest, size, metrics))
     }
@@ -897,6 +889,15 @@ impl App {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// Writes a model at `dest`, tensor by tensor from its own buffers (no serialised copy),
+    /// durable once the next commit has fsynced the directory (`commit_state`), which it does
+    /// before the state naming the file. Returns the file's length.
+    fn write_for_commit(&self, dest: &Path, model: &ModelView<'_>) -> Result<u64> {
+        let (size, dir) = self.blobs.write_model_unsynced_dir(dest, model)?;
+        self.unsynced_dir(dir);
+        Ok(size)
     }
 
     /// Notes a directory a file was renamed into, for the next commit to fsync.
@@ -1267,8 +1268,8 @@ impl Drop for TmpGuard {
 /// microseconds, less than the hand-off to a blocking thread and back that it replaced (two
 /// wake-ups per frame, 16 per megabyte: the largest share of the coordinator's CPU per round
 /// in bench `round`). The fsync, which waits for the disk, is the caller's, on a blocking
-/// thread (`durable_update`). Returns the open file, the size and the SHA-256 of the body (the
-/// update's content id).
+/// thread with the validation and the rename. Returns the open file, the size and the SHA-256
+/// of the body (the update's content id).
 async fn receive_update(
     body: Body,
     tmp: &Path,
@@ -1296,10 +1297,7 @@ fn validate_update(
     app: &App,
     global_digest: &str,
     limit: u64,
-    round: u64,
-    client: String,
-    num_examples: u64,
-    view: ModelView<'_>,
+    update: Update<'_>,
 ) -> Result<(), ApiError> {
     let gmap = app
         .global_model(global_digest)
@@ -1313,9 +1311,9 @@ fn validate_update(
             ..Limits::default()
         },
     );
-    c.begin(round, Some(global)).map_err(ApiError::internal)?;
-    c.fold(Update::new(client, round, view, num_examples))
-        .map_err(fl_error_to_api)?;
+    c.begin(update.round, Some(global))
+        .map_err(ApiError::internal)?;
+    c.fold(update).map_err(fl_error_to_api)?;
     Ok(())
 }
 
@@ -1413,15 +1411,8 @@ async fn upload_inner(
             let view =
                 ModelView::from_safetensors_labeled(&umap, &client).map_err(fl_error_to_api)?;
             if check_global {
-                validate_update(
-                    &app,
-                    &global_digest,
-                    limit,
-                    round,
-                    client,
-                    num_examples,
-                    view,
-                )?;
+                let update = Update::new(client, round, view, num_examples);
+                validate_update(&app, &global_digest, limit, update)?;
             }
             drop(umap);
             // Under its content id. Durable in the bucket too (with --store s3://...) before

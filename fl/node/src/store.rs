@@ -378,25 +378,11 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
     }
 }
 
-/// Fsyncs directories (see `rename_into`), several at once: on one journalling file system
-/// the first to run commits what the others need, and they return without waiting for
-/// another commit.
+/// Fsyncs directories (see `rename_into`) one after another: on one journalling file system
+/// the first commits the journal that holds the others' renames too, so the rest return
+/// without waiting for the disk again.
 pub fn sync_dirs(dirs: &[PathBuf]) -> Result<()> {
-    match dirs {
-        [] => Ok(()),
-        [d] => sync_dir(d),
-        [first, rest @ ..] => std::thread::scope(|s| {
-            let others: Vec<_> = rest.iter().map(|d| s.spawn(move || sync_dir(d))).collect();
-            let mut r = sync_dir(first);
-            for h in others {
-                let x = h
-                    .join()
-                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a directory fsync panicked")));
-                r = r.and(x);
-            }
-            r
-        }),
-    }
+    dirs.iter().try_for_each(|d| sync_dir(d))
 }
 
 /// Renames a complete, fsynced temporary file into place and fsyncs the directory.
