@@ -44,6 +44,9 @@ use crate::store::{Blobs, Commit, Meta, ModelRow, rename_into, sync_dirs};
 
 /// Default cap on one upload: 1 GiB (a 250M-parameter f32 model).
 pub const DEFAULT_MAX_UPDATE_BYTES: u64 = 1 << 30;
+/// Default `--read-timeout-ms`: hyper's own default for the request head (30 s), used for the
+/// TLS handshake and the gaps inside a body too.
+pub const DEFAULT_READ_TIMEOUT_MS: u64 = 30_000;
 /// Cap on JSON request bodies (register, evaluate, inference).
 pub const MAX_JSON_BYTES: usize = 4 << 20;
 /// Rows per inference request.
@@ -152,6 +155,11 @@ pub struct Args {
     pub tls_client_ca: Option<PathBuf>,
     #[arg(long, default_value_t = DEFAULT_MAX_UPDATE_BYTES)]
     pub max_update_bytes: u64,
+    /// The longest a client may keep a connection without sending: for the TLS handshake, for
+    /// the request head, and between two pieces of a body. Past it the connection is closed
+    /// (a body that stalls is answered 408 `read_timeout` first, and nothing of it is kept).
+    #[arg(long, default_value_t = DEFAULT_READ_TIMEOUT_MS)]
+    pub read_timeout_ms: u64,
     /// Shift the coordinator's clock by this much (a scenario's clock skew).
     #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
     pub clock_skew_ms: i64,
@@ -271,6 +279,8 @@ pub struct App {
     fit: FitConfig,
     eval: Option<fl_core::data::Dataset>,
     max_update_bytes: u64,
+    /// `--read-timeout-ms`: the longest wait for the next piece of a request body.
+    read_timeout: Duration,
     seed: u64,
     ready: AtomicBool,
 }
@@ -339,7 +349,13 @@ async fn serve(args: Args) -> Result<()> {
     tracing::info!(%addr, "coordinator listening");
     app.ready.store(true, Ordering::SeqCst);
     let tls = crate::tls::server_config(&args)?;
-    crate::http::serve(listener, tls, router).await
+    crate::http::serve(
+        listener,
+        tls,
+        router,
+        Duration::from_millis(args.read_timeout_ms),
+    )
+    .await
 }
 
 pub async fn shutdown_signal() {
@@ -486,6 +502,7 @@ async fn start(args: &Args) -> Result<(Arc<App>, tokio::net::TcpListener)> {
         },
         eval,
         max_update_bytes: args.max_update_bytes,
+        read_timeout: Duration::from_millis(args.read_timeout_ms),
         seed: args.seed,
         ready: AtomicBool::new(false),
     });
@@ -984,13 +1001,29 @@ fn phase_name(p: &Phase) -> &'static str {
 }
 
 /// The next non-empty data frame of `body`, counted into `received`: a body that breaks off is
-/// `truncated_body`, one past `limit` bytes `body_too_large` (413).
+/// `truncated_body`, one past `limit` bytes `body_too_large` (413), one that sends nothing for
+/// `timeout` `read_timeout` (408).
 async fn next_chunk(
     body: &mut Body,
     received: &mut u64,
     limit: u64,
+    timeout: Duration,
 ) -> Result<Option<Bytes>, ApiError> {
-    while let Some(frame) = body.frame().await {
+    loop {
+        let Ok(next) = tokio::time::timeout(timeout, body.frame()).await else {
+            return Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "read_timeout",
+                "body",
+                format!(
+                    "nothing of the body arrived for {} ms after {received} bytes (--read-timeout-ms)",
+                    timeout.as_millis()
+                ),
+            ));
+        };
+        let Some(frame) = next else {
+            return Ok(None);
+        };
         let frame = frame.map_err(|e| {
             ApiError::bad(
                 "truncated_body",
@@ -1015,14 +1048,17 @@ async fn next_chunk(
         }
         return Ok(Some(data));
     }
-    Ok(None)
 }
 
 /// Reads a whole body up to `limit` bytes (for JSON bodies).
-async fn read_limited(mut body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
+async fn read_limited(
+    mut body: Body,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Vec<u8>, ApiError> {
     let mut out = Vec::new();
     let mut received = 0;
-    while let Some(d) = next_chunk(&mut body, &mut received, limit as u64).await? {
+    while let Some(d) = next_chunk(&mut body, &mut received, limit as u64, timeout).await? {
         out.extend_from_slice(&d);
     }
     Ok(out)
@@ -1100,7 +1136,8 @@ async fn register(
     body: Body,
 ) -> Result<Response, ApiError> {
     app.principal(&headers)?;
-    let req: RegisterRequest = parse_json(&read_limited(body, MAX_JSON_BYTES).await?)?;
+    let req: RegisterRequest =
+        parse_json(&read_limited(body, MAX_JSON_BYTES, app.read_timeout).await?)?;
     app.act_for(&headers, "client_id", &req.client_id)?;
     app.submit(Event::ClientRegistered {
         client: ClientId(req.client_id.clone()),
@@ -1291,6 +1328,7 @@ async fn receive_update(
     body: Body,
     tmp: &Path,
     limit: u64,
+    timeout: Duration,
     disk: &Arc<tokio::sync::Semaphore>,
 ) -> Result<(std::fs::File, u64, String), ApiError> {
     let path = tmp.to_owned();
@@ -1300,7 +1338,7 @@ async fn receive_update(
     let mut hasher = Sha256::new();
     let mut size: u64 = 0;
     let mut body = body;
-    while let Some(data) = next_chunk(&mut body, &mut size, limit).await? {
+    while let Some(data) = next_chunk(&mut body, &mut size, limit, timeout).await? {
         hasher.update(&data);
         std::io::Write::write_all(&mut file, &data)
             .map_err(|e| ApiError::storage("writing the update", e))?;
@@ -1405,7 +1443,8 @@ async fn upload_inner(
     // 1. Stream to tmp/, hashing, bounded.
     let tmp = app.blobs.tmp_path();
     let mut guard = TmpGuard(Some(tmp.clone()));
-    let (file, size, update_id) = receive_update(body, &tmp, limit, &app.disk).await?;
+    let (file, size, update_id) =
+        receive_update(body, &tmp, limit, app.read_timeout, &app.disk).await?;
 
     // 2. Fsync, validate against the open round's global model (zero-copy over the mapped
     //    files) and 3. move into place under its content id, in one blocking task.
@@ -1501,7 +1540,8 @@ async fn evaluate(
     body: Body,
 ) -> Result<Response, ApiError> {
     app.principal(&headers)?;
-    let req: EvaluateRequest = parse_json(&read_limited(body, MAX_JSON_BYTES).await?)?;
+    let req: EvaluateRequest =
+        parse_json(&read_limited(body, MAX_JSON_BYTES, app.read_timeout).await?)?;
     app.act_for(&headers, "client_id", &req.client_id)?;
     if !req.loss.is_finite() {
         return Err(ApiError::bad(
@@ -1591,7 +1631,8 @@ async fn inference(
     body: Body,
 ) -> Result<Response, ApiError> {
     app.principal(&headers)?;
-    let req: InferenceRequest = parse_json(&read_limited(body, MAX_JSON_BYTES).await?)?;
+    let req: InferenceRequest =
+        parse_json(&read_limited(body, MAX_JSON_BYTES, app.read_timeout).await?)?;
     if req.inputs.is_empty() || req.inputs.len() > MAX_INFERENCE_ROWS {
         return Err(ApiError::bad(
             "invalid_field",

@@ -5,6 +5,10 @@
 //!   400 KiB): with 50 workers uploading at once the default alone would be ~20 MB, five times
 //!   a 1M-parameter model. Body frames are then at most this size, which is also how much of an
 //!   upload is in memory per connection (the upload handler writes each frame to its file).
+//! - A read timeout (`--read-timeout-ms`): a client that opens a connection and then sends
+//!   nothing (no TLS handshake, no complete request head) is disconnected after it, instead of
+//!   holding a task and a socket for ever (hyper has no head timeout unless given a timer).
+//!   Stalls inside a body are the handlers' (`next_chunk`), to answer them with a 408.
 //! - `TCP_NODELAY`: a small JSON answer (an upload's ack) goes out at once instead of waiting
 //!   for the client's delayed ACK.
 //!
@@ -26,6 +30,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     tls: Option<Arc<ServerConfig>>,
     router: Router,
+    read_timeout: std::time::Duration,
 ) -> Result<()> {
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     // Plain HTTP has no client certificate: a client-sent peer-names header is dropped. The
@@ -52,13 +57,14 @@ pub async fn serve(
                 let stop = stop_rx.clone();
                 conns.spawn(async move {
                     match acceptor {
-                        None => serve_conn(tcp, plain, stop, peer).await,
-                        Some(a) => match a.accept(tcp).await {
-                            Ok(tls) => {
+                        None => serve_conn(tcp, plain, stop, peer, read_timeout).await,
+                        Some(a) => match tokio::time::timeout(read_timeout, a.accept(tcp)).await {
+                            Ok(Ok(tls)) => {
                                 let names = crate::tls::peer_names(tls.get_ref().1.peer_certificates());
-                                serve_conn(tls, with_names(router, names), stop, peer).await
+                                serve_conn(tls, with_names(router, names), stop, peer, read_timeout).await
                             }
-                            Err(e) => tracing::info!(%peer, "tls handshake refused: {e}"),
+                            Ok(Err(e)) => tracing::info!(%peer, "tls handshake refused: {e}"),
+                            Err(_) => tracing::info!(%peer, "tls handshake not done within {} ms: closed", read_timeout.as_millis()),
                         },
                     }
                 });
@@ -86,12 +92,15 @@ async fn serve_conn<I>(
     router: Router,
     mut stop: tokio::sync::watch::Receiver<bool>,
     peer: std::net::SocketAddr,
+    read_timeout: std::time::Duration,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let svc = hyper_util::service::TowerToHyperService::new(router);
     let conn = hyper::server::conn::http1::Builder::new()
         .max_buf_size(MAX_CONN_BUF_BYTES)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(read_timeout)
         .serve_connection(hyper_util::rt::TokioIo::new(io), svc);
     tokio::pin!(conn);
     let r = tokio::select! {

@@ -170,7 +170,11 @@ impl Worker {
             .unwrap_or_else(|| format!("worker-{}", args.client_index));
         let mut b = reqwest::Client::builder()
             .timeout(Duration::from_secs(600))
-            .connect_timeout(Duration::from_secs(5));
+            .connect_timeout(Duration::from_secs(5))
+            // Below the coordinator's default read timeout (30 s), which closes connections
+            // idle that long: a pooled connection is dropped here first, not reused as the
+            // coordinator closes it.
+            .pool_idle_timeout(Duration::from_secs(20));
         if let Some(ca) = &args.ca_cert {
             let ck = match (&args.client_cert, &args.client_key) {
                 (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),

@@ -132,8 +132,11 @@ impl Cluster {
         ];
         coord_args.extend(extra.iter().map(|s| s.to_string()));
         install_crypto_provider();
+        // Idle pooled connections are dropped before a coordinator's read timeout can close them
+        // (the bad-input test runs one with 1.5 s).
         let http = reqwest::blocking::Client::builder()
             .timeout(Duration::from_secs(30))
+            .pool_idle_timeout(Duration::from_millis(500))
             .build()
             .unwrap();
         let mut c = Cluster {
@@ -488,6 +491,8 @@ fn every_bad_input_is_a_4xx_naming_the_field_counted_and_changing_nothing() {
             "2",
             "--max-update-bytes",
             "4000",
+            "--read-timeout-ms",
+            "1500",
         ],
     );
     let post = |path: &str, key: &str, body: Value| {
@@ -739,6 +744,45 @@ fn every_bad_input_is_a_4xx_naming_the_field_counted_and_changing_nothing() {
         "{resp}"
     );
 
+    // A body that stalls (no shutdown, 2000 bytes still owed) is a 408 after the read timeout,
+    // and keeps nothing.
+    let mut tcp = TcpStream::connect(("127.0.0.1", c.port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(
+        tcp,
+        "POST /api/v1/fl/upload_update?client_id=c1&round=1&num_examples=10 HTTP/1.1\r\nhost: x\r\nx-api-key: key-c1\r\ncontent-length: 3000\r\n\r\n"
+    )
+    .unwrap();
+    tcp.write_all(&[0u8; 1000]).unwrap();
+    let mut resp = String::new();
+    let _ = tcp.read_to_string(&mut resp);
+    assert!(resp.starts_with("HTTP/1.1 408"), "stalled body: {resp}");
+    assert!(
+        resp.contains("read_timeout") && resp.contains("\"field\":\"body\""),
+        "{resp}"
+    );
+    // A client that connects and sends nothing, or half a request head, is disconnected after
+    // the read timeout instead of holding its connection for ever.
+    for (what, head) in [
+        ("nothing", ""),
+        (
+            "half a head",
+            "POST /api/v1/fl/upload_update HTTP/1.1\r\nhost: x\r\n",
+        ),
+    ] {
+        let mut tcp = TcpStream::connect(("127.0.0.1", c.port)).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        tcp.write_all(head.as_bytes()).unwrap();
+        let t = std::time::Instant::now();
+        let mut buf = Vec::new();
+        let r = tcp.read_to_end(&mut buf);
+        assert!(
+            r.is_ok() && t.elapsed() < Duration::from_secs(15),
+            "{what}: the connection was not closed ({r:?} after {:?})",
+            t.elapsed()
+        );
+    }
+
     // Replaying the accepted bytes is idempotent.
     let (s, again) = upload("key-c1", q, good);
     assert_eq!(
@@ -768,6 +812,7 @@ fn every_bad_input_is_a_4xx_naming_the_field_counted_and_changing_nothing() {
         "unknown_client",
         "duplicate_update",
         "truncated_body",
+        "read_timeout",
         "missing_field",
         "zero_examples",
     ] {
