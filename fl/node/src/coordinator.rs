@@ -907,8 +907,10 @@ impl App {
             )?;
         }
         let (model, metrics) = s.finish()?;
-        let digest = model.digest().to_hex();
-        let size = self.write_for_commit(&self.blobs.model_path(&digest), &model)?;
+        let (digest, size, dir) = self
+            .blobs
+            .write_model_under_digest(&model, |d| self.blobs.model_path(d))?;
+        self.unsynced_dir(dir);
         drop(model);
         let st = s.state();
         if !st.is_empty() {
@@ -1323,27 +1325,64 @@ impl Drop for TmpGuard {
 /// wake-ups per frame, 16 per megabyte: the largest share of the coordinator's CPU per round
 /// in bench `round`). The fsync, which waits for the disk, is the caller's, on a blocking
 /// thread with the validation and the rename. Returns the open file, the size and the SHA-256
-/// of the body (the update's content id).
+/// of the body (the update's content id), unless `hash` is false: then the caller hashes the
+/// file while it is fsynced ([`hash_while_syncing`]).
 async fn receive_update(
     body: Body,
     tmp: &Path,
     limit: u64,
     timeout: Duration,
+    hash: bool,
     disk: &Arc<tokio::sync::Semaphore>,
-) -> Result<(std::fs::File, u64, String), ApiError> {
+) -> Result<(std::fs::File, u64, Option<String>), ApiError> {
     let path = tmp.to_owned();
     let mut file = on_disk(disk, move || std::fs::File::create(path))
         .await?
         .map_err(|e| ApiError::storage("creating the update file", e))?;
-    let mut hasher = Sha256::new();
+    let mut hasher = hash.then(Sha256::new);
     let mut size: u64 = 0;
     let mut body = body;
     while let Some(data) = next_chunk(&mut body, &mut size, limit, timeout).await? {
-        hasher.update(&data);
+        if let Some(h) = &mut hasher {
+            h.update(&data);
+        }
         std::io::Write::write_all(&mut file, &data)
             .map_err(|e| ApiError::storage("writing the update", e))?;
     }
-    Ok((file, size, hex::encode(hasher.finalize())))
+    Ok((file, size, hasher.map(|h| hex::encode(h.finalize()))))
+}
+
+/// Uploads at least this large (by their content-length) are hashed on a thread of their own
+/// while their file is fsynced, not frame by frame as they arrive: SHA-256 runs at about
+/// 2 GB/s, so inline it slowed a 100 MB upload's receiving by ~50 ms that the fsync's wait
+/// for the disk (longer still) can hide. Below it, the thread costs more than it hides.
+const PARALLEL_HASH_BYTES: u64 = 8 << 20;
+
+/// Fsyncs `file` (written in full at `tmp`) and, if `id` is not known yet, hashes the file's
+/// bytes on a scoped thread meanwhile. Returns the SHA-256 of the body.
+fn hash_while_syncing(
+    file: std::fs::File,
+    tmp: &Path,
+    id: Option<String>,
+) -> Result<String, ApiError> {
+    let sync = |file: std::fs::File| {
+        file.sync_all()
+            .map_err(|e| ApiError::storage("fsync of the update", e))
+    };
+    if let Some(id) = id {
+        sync(file)?;
+        return Ok(id);
+    }
+    // The pages were just written: hashing reads them from the page cache.
+    let map = map_file(tmp).map_err(ApiError::internal)?;
+    std::thread::scope(|s| {
+        let h = s.spawn(|| hex::encode(Sha256::digest(&map[..])));
+        let synced = sync(file);
+        let id = h
+            .join()
+            .map_err(|_| ApiError::internal("hashing the update panicked"))?;
+        synced.map(|()| id)
+    })
 }
 
 /// Checks an update against the open round's global model (names, shapes, dtypes, finite
@@ -1426,10 +1465,11 @@ async fn upload_inner(
         None => FlMetrics::new(),
     };
     let limit = app.max_update_bytes;
-    if let Some(len) = headers
+    let content_length = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(len) = content_length
         && len > limit
     {
         return Err(ApiError::new(
@@ -1440,11 +1480,12 @@ async fn upload_inner(
         ));
     }
 
-    // 1. Stream to tmp/, hashing, bounded.
+    // 1. Stream to tmp/, bounded, hashing as it comes unless it is large.
     let tmp = app.blobs.tmp_path();
     let mut guard = TmpGuard(Some(tmp.clone()));
-    let (file, size, update_id) =
-        receive_update(body, &tmp, limit, app.read_timeout, &app.disk).await?;
+    let hash_inline = content_length.is_none_or(|n| n < PARALLEL_HASH_BYTES);
+    let (file, size, inline_id) =
+        receive_update(body, &tmp, limit, app.read_timeout, hash_inline, &app.disk).await?;
 
     // 2. Fsync, validate against the open round's global model (zero-copy over the mapped
     //    files) and 3. move into place under its content id, in one blocking task.
@@ -1453,16 +1494,14 @@ async fn upload_inner(
         fit_open,
         global_digest,
     } = app.published();
-    let dest = app.blobs.update_path(round, &client, &update_id);
-    {
-        let (app, tmp, client, dest) = (app.clone(), tmp.clone(), client.clone(), dest.clone());
+    let update_id = {
+        let (app, tmp, client) = (app.clone(), tmp.clone(), client.clone());
         let check_global = round == cur_round && fit_open;
         let disk = app.disk.clone();
-        on_disk(&disk, move || -> Result<(), ApiError> {
-            // Fsynced before anything reads it.
-            file.sync_all()
-                .map_err(|e| ApiError::storage("fsync of the update", e))?;
-            drop(file);
+        on_disk(&disk, move || -> Result<String, ApiError> {
+            // Fsynced before anything reads it (but the hash of a large one, meanwhile).
+            let update_id = hash_while_syncing(file, &tmp, inline_id)?;
+            let dest = app.blobs.update_path(round, &client, &update_id);
             let umap = map_file(&tmp).map_err(ApiError::internal)?;
             let view =
                 ModelView::from_safetensors_labeled(&umap, &client).map_err(fl_error_to_api)?;
@@ -1476,10 +1515,12 @@ async fn upload_inner(
             // in the commit that accepts it (commit_state), before the ack.
             let dir = rename_into(&tmp, &dest).map_err(ApiError::internal)?;
             app.unsynced_dir(dir);
-            app.blobs.persist(&dest).map_err(ApiError::internal)
+            app.blobs.persist(&dest).map_err(ApiError::internal)?;
+            Ok(update_id)
         })
-        .await??;
-    }
+        .await??
+    };
+    let dest = app.blobs.update_path(round, &client, &update_id);
     guard.0 = None;
     // 4. The machine decides; its state is committed (with whatever else arrived meanwhile)
     //    before we answer.

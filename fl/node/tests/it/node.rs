@@ -542,6 +542,11 @@ fn every_bad_input_is_a_4xx_naming_the_field_counted_and_changing_nothing() {
     assert_eq!(s, 200, "{ok}");
     let accepted_id = ok["update_id"].clone();
     assert_eq!(ok["replay"], false);
+    assert_eq!(
+        accepted_id,
+        sha256_hex(&good),
+        "an update's id is the SHA-256 of its body"
+    );
 
     expect(
         "oversized",
@@ -826,6 +831,70 @@ fn every_bad_input_is_a_4xx_naming_the_field_counted_and_changing_nothing() {
     }
     assert!(m.contains("fl_requests_rejected_total{endpoint=\"/api/v1/fl/upload_update\",reason=\"wrong_audience\"}"), "{m}");
     assert_eq!(metric(&m, "fl_updates_replayed_total "), 1.0);
+    c.sigkill_coordinator();
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// An upload of 8 MiB or more is hashed while its file is fsynced rather than as it arrives:
+/// its id is the same SHA-256 of the body, and its replay is recognised.
+#[test]
+fn a_large_upload_gets_the_sha256_of_its_body_as_id() {
+    // 64 x 40000 + 40000 x 10 weights and biases: about 11.4 MiB of f32.
+    let mut c = Cluster::new(
+        &["a", "b"],
+        &[
+            "--model",
+            "mlp-64-40000-10",
+            "--min-fit-clients",
+            "2",
+            "--min-available-clients",
+            "2",
+        ],
+    );
+    for cl in ["a", "b"] {
+        let r = c
+            .http
+            .post(c.url("/api/v1/fl/register_client"))
+            .header("x-api-key", format!("key-{cl}"))
+            .json(&serde_json::json!({ "client_id": cl }))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    c.wait_for("round 1 fit", Duration::from_secs(10), |v| {
+        v["phase"] == "fit"
+    });
+    let model = c
+        .http
+        .get(c.url("/api/v1/fl/model/latest"))
+        .header("x-api-key", "key-a")
+        .send()
+        .unwrap()
+        .bytes()
+        .unwrap()
+        .to_vec();
+    assert!(model.len() > 8 << 20, "model is {} bytes", model.len());
+    let upload = || {
+        let r = c
+            .http
+            .post(c.url("/api/v1/fl/upload_update?client_id=a&round=1&num_examples=10"))
+            .header("x-api-key", "key-a")
+            .body(model.clone())
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.json::<Value>().unwrap()
+    };
+    let first = upload();
+    assert_eq!(first["update_id"], sha256_hex(&model), "{first}");
+    assert_eq!(first["replay"], false, "{first}");
+    let again = upload();
+    assert_eq!(again["update_id"], first["update_id"], "{again}");
+    assert_eq!(again["replay"], true, "{again}");
     c.sigkill_coordinator();
 }
 
