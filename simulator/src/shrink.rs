@@ -43,13 +43,18 @@ pub fn random_faults(
                 node: cp,
                 process: Process::Apiserver,
             },
-            5 => {
-                let other = names[rng.random_range(0..names.len())].to_string();
+            // Between two different nodes: a node cut off from itself is no fault (and a
+            // one-node topology has no link to cut, so it heals instead).
+            5 if names.len() > 1 => {
+                let me = names.iter().position(|n| *n == node).unwrap_or(0);
+                let k = rng.random_range(0..names.len() - 1);
+                let other = names[if k >= me { k + 1 } else { k }].to_string();
                 Fault::Partition {
                     a: vec![node],
                     b: vec![other],
                 }
             }
+            5 => Fault::Heal,
             6 => Fault::Heal,
             _ => Fault::KillProcess {
                 node: cp,

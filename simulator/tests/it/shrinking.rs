@@ -11,6 +11,32 @@ fn opts(f: &[ScheduledFault]) -> SimOptions {
     }
 }
 
+/// Random partitions always cut a link between two different nodes, on every topology (a node
+/// partitioned from itself was drawn before), and a one-node topology gets none.
+#[test]
+fn random_partitions_are_between_two_different_nodes() {
+    for name in ["mlworkbench-kvm", "fluodata-proxmox", "k3s-single"] {
+        let t = topo(name);
+        let mut partitions = 0;
+        for seed in 0..40 {
+            for f in random_faults(&t, seed, 20, 60 * MIN) {
+                if let Fault::Partition { a, b } = &f.fault {
+                    partitions += 1;
+                    assert!(
+                        a.iter().all(|n| !b.contains(n)),
+                        "{name} seed {seed}: {a:?} | {b:?}"
+                    );
+                }
+            }
+        }
+        assert_eq!(
+            partitions == 0,
+            t.nodes.len() == 1,
+            "{name}: {partitions} partitions"
+        );
+    }
+}
+
 #[test]
 fn shrinking_keeps_only_the_faults_that_break_recovery() {
     let t = topo("mlworkbench-kvm");
