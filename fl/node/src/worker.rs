@@ -323,7 +323,8 @@ impl Worker {
         }
     }
 
-    async fn fetch_model(&self, want_digest: &str) -> Result<Option<Vec<u8>>> {
+    /// The global model's bytes as received (not copied again), if it is still `want_digest`.
+    async fn fetch_model(&self, want_digest: &str) -> Result<Option<axum::body::Bytes>> {
         let url = format!("{}/api/v1/fl/model/latest", self.base);
         let r = self.send("model", || self.http.get(&url)).await?;
         let digest = r
@@ -337,7 +338,7 @@ impl Worker {
             // The round moved on between the task and the download: ask again.
             return Ok(None);
         }
-        Ok(Some(bytes.to_vec()))
+        Ok(Some(bytes))
     }
 
     async fn fit(&self, task: &TaskResponse) -> Result<()> {
