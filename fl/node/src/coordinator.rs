@@ -199,8 +199,8 @@ struct Core {
     new_models: Vec<ModelRow>,
 }
 
-/// What the request handlers outside the round machine read (downloads, the uploads' choice
-/// of model to validate against, inference), as of the last commit: published after each one,
+/// What the request handlers outside the round machine read (task polls, downloads, the
+/// uploads' choice of model to validate against, inference), as of the last commit: published after each one,
 /// so that they never wait for the core lock, which a commit holds through its fsyncs and an
 /// aggregation through its whole run (bench `round`: downloads and uploads queued behind
 /// every upload's commit).
@@ -209,14 +209,40 @@ struct Published {
     round: u64,
     fit_open: bool,
     global_digest: String,
+    /// What `GET /api/v1/fl/task` answers: the phase, its task, and who is in it.
+    tasks: Arc<TaskView>,
+}
+
+/// The committed state a worker's task poll reads.
+struct TaskView {
+    phase: &'static str,
+    task: &'static str,
+    /// Selected for the current phase's task (fit or evaluate).
+    selected: BTreeSet<ClientId>,
+    pending: BTreeSet<ClientId>,
+    registered: BTreeSet<ClientId>,
 }
 
 impl Published {
     fn of(m: &Coordinator) -> Self {
+        let cur = m.current();
+        let (task, selected) = match m.phase() {
+            Phase::Fit { .. } => ("fit", cur.map(|c| c.selected.clone())),
+            Phase::Evaluate { .. } => ("evaluate", cur.map(|c| c.eval_selected.clone())),
+            Phase::Finished => ("finished", None),
+            _ => ("wait", None),
+        };
         Self {
             round: m.round(),
             fit_open: matches!(m.phase(), Phase::Fit { .. }),
             global_digest: m.global_digest().to_owned(),
+            tasks: Arc::new(TaskView {
+                phase: phase_name(m.phase()),
+                task,
+                selected: selected.unwrap_or_default(),
+                pending: m.pending_clients().into_iter().collect(),
+                registered: m.state().clients.clone(),
+            }),
         }
     }
 }
@@ -1165,28 +1191,19 @@ async fn task(
     app.principal(&headers)?;
     let client: String = query_field(&q, "client_id")?;
     app.act_for(&headers, "client_id", &client)?;
-    let core = app.core.lock().await;
-    let m = &core.machine;
+    // From the last commit, without the core lock (held through commits and aggregations):
+    // a worker is only told what is durable, so a restart cannot take back its selection.
+    let p = app.published();
+    let v = &p.tasks;
     let id = ClientId(client);
-    let cur = m.current();
-    let (task, selected) = match m.phase() {
-        Phase::Fit { .. } => ("fit", cur.is_some_and(|c| c.selected.contains(&id))),
-        Phase::Evaluate { .. } => (
-            "evaluate",
-            cur.is_some_and(|c| c.eval_selected.contains(&id)),
-        ),
-        Phase::Finished => ("finished", false),
-        _ => ("wait", false),
-    };
-    let pending = m.pending_clients().contains(&id);
     Ok(axum::Json(TaskResponse {
-        round: m.round(),
-        phase: phase_name(m.phase()).into(),
-        task: task.into(),
-        selected,
-        pending,
-        registered: m.state().clients.contains(&id),
-        global_digest: m.global_digest().into(),
+        round: p.round,
+        phase: v.phase.into(),
+        task: v.task.into(),
+        selected: v.selected.contains(&id),
+        pending: v.pending.contains(&id),
+        registered: v.registered.contains(&id),
+        global_digest: p.global_digest,
         fit_config: app.fit,
     })
     .into_response())
@@ -1493,6 +1510,7 @@ async fn upload_inner(
         round: cur_round,
         fit_open,
         global_digest,
+        ..
     } = app.published();
     let update_id = {
         let (app, tmp, client) = (app.clone(), tmp.clone(), client.clone());
