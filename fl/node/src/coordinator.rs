@@ -200,22 +200,15 @@ struct Core {
 }
 
 /// What the request handlers outside the round machine read (task polls, downloads, the
-/// uploads' choice of model to validate against, inference), as of the last commit: published after each one,
-/// so that they never wait for the core lock, which a commit holds through its fsyncs and an
-/// aggregation through its whole run (bench `round`: downloads and uploads queued behind
-/// every upload's commit).
-#[derive(Clone)]
+/// uploads' choice of model to validate against, inference), as of the last commit: published
+/// after each one (shared, never copied per request), so that they never wait for the core
+/// lock, which a commit holds through its fsyncs and an aggregation through its whole run
+/// (bench `round`: downloads and uploads queued behind every upload's commit).
 struct Published {
     round: u64,
-    fit_open: bool,
     global_digest: String,
-    /// What `GET /api/v1/fl/task` answers: the phase, its task, and who is in it.
-    tasks: Arc<TaskView>,
-}
-
-/// The committed state a worker's task poll reads.
-struct TaskView {
     phase: &'static str,
+    /// What `GET /api/v1/fl/task` tells a client to do: fit, evaluate, wait or finished.
     task: &'static str,
     /// Selected for the current phase's task (fit or evaluate).
     selected: BTreeSet<ClientId>,
@@ -234,16 +227,18 @@ impl Published {
         };
         Self {
             round: m.round(),
-            fit_open: matches!(m.phase(), Phase::Fit { .. }),
             global_digest: m.global_digest().to_owned(),
-            tasks: Arc::new(TaskView {
-                phase: phase_name(m.phase()),
-                task,
-                selected: selected.unwrap_or_default(),
-                pending: m.pending_clients().into_iter().collect(),
-                registered: m.state().clients.clone(),
-            }),
+            phase: phase_name(m.phase()),
+            task,
+            selected: selected.unwrap_or_default(),
+            pending: m.pending_clients().into_iter().collect(),
+            registered: m.state().clients.clone(),
         }
+    }
+
+    /// The round's fit phase is open (uploads for it are validated against its global model).
+    fn fit_open(&self) -> bool {
+        self.task == "fit"
     }
 }
 
@@ -279,7 +274,7 @@ pub struct App {
     /// state once (group commit), then answers each.
     pending: std::sync::Mutex<Vec<Pending>>,
     /// The machine's round, phase and global model as of the last commit.
-    published: std::sync::Mutex<Published>,
+    published: std::sync::Mutex<Arc<Published>>,
     /// Directories that files were renamed into (accepted uploads, new models and strategy
     /// states) since the last commit: each is fsynced once, by the next commit, before the
     /// state that names the files is (one directory fsync per batch, not one per upload).
@@ -499,7 +494,7 @@ async fn start(args: &Args) -> Result<(Arc<App>, tokio::net::TcpListener)> {
         None => fl_core::job::client_proximal_mu(&args.strategy, &strategy_params)
             .with_context(|| format!("--strategy {}", args.strategy))?,
     };
-    let published = std::sync::Mutex::new(Published::of(&machine));
+    let published = std::sync::Mutex::new(Arc::new(Published::of(&machine)));
     let app = Arc::new(App {
         published,
         core: Mutex::new(Core {
@@ -852,7 +847,8 @@ impl App {
             .await?;
         core.saved_rounds = core.machine.history().len();
         core.new_models.clear();
-        *self.published.lock().unwrap_or_else(|e| e.into_inner()) = Published::of(&core.machine);
+        *self.published.lock().unwrap_or_else(|e| e.into_inner()) =
+            Arc::new(Published::of(&core.machine));
         self.metrics.inc("fl_state_commits_total", &[], 1);
         *dirty = false;
         Ok(())
@@ -933,9 +929,7 @@ impl App {
             )?;
         }
         let (model, metrics) = s.finish()?;
-        let (digest, size, dir) = self
-            .blobs
-            .write_model_under_digest(&model, |d| self.blobs.model_path(d))?;
+        let (digest, size, dir) = self.blobs.write_model_under_digest(&model)?;
         self.unsynced_dir(dir);
         drop(model);
         let st = s.state();
@@ -946,7 +940,7 @@ impl App {
     }
 
     /// The machine's round, phase and global model as of the last commit.
-    fn published(&self) -> Published {
+    fn published(&self) -> Arc<Published> {
         self.published
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -1194,16 +1188,15 @@ async fn task(
     // From the last commit, without the core lock (held through commits and aggregations):
     // a worker is only told what is durable, so a restart cannot take back its selection.
     let p = app.published();
-    let v = &p.tasks;
     let id = ClientId(client);
     Ok(axum::Json(TaskResponse {
         round: p.round,
-        phase: v.phase.into(),
-        task: v.task.into(),
-        selected: v.selected.contains(&id),
-        pending: v.pending.contains(&id),
-        registered: v.registered.contains(&id),
-        global_digest: p.global_digest,
+        phase: p.phase.into(),
+        task: p.task.into(),
+        selected: p.selected.contains(&id),
+        pending: p.pending.contains(&id),
+        registered: p.registered.contains(&id),
+        global_digest: p.global_digest.clone(),
         fit_config: app.fit,
     })
     .into_response())
@@ -1214,11 +1207,8 @@ async fn model_latest(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     app.principal(&headers)?;
-    let Published {
-        round,
-        global_digest: digest,
-        ..
-    } = app.published();
+    let p = app.published();
+    let (round, digest) = (p.round, p.global_digest.clone());
     // The shared map is there after the first download of a round: no blocking thread then.
     let model = match app.cached_global(&digest) {
         Some(m) => m,
@@ -1375,26 +1365,19 @@ async fn receive_update(
 /// for the disk (longer still) can hide. Below it, the thread costs more than it hides.
 const PARALLEL_HASH_BYTES: u64 = 8 << 20;
 
-/// Fsyncs `file` (written in full at `tmp`) and, if `id` is not known yet, hashes the file's
-/// bytes on a scoped thread meanwhile. Returns the SHA-256 of the body.
-fn hash_while_syncing(
-    file: std::fs::File,
-    tmp: &Path,
-    id: Option<String>,
-) -> Result<String, ApiError> {
-    let sync = |file: std::fs::File| {
-        file.sync_all()
-            .map_err(|e| ApiError::storage("fsync of the update", e))
-    };
-    if let Some(id) = id {
-        sync(file)?;
-        return Ok(id);
-    }
+fn sync_update(file: std::fs::File) -> Result<(), ApiError> {
+    file.sync_all()
+        .map_err(|e| ApiError::storage("fsync of the update", e))
+}
+
+/// Fsyncs `file` (written in full at `tmp`) while a scoped thread hashes the file's bytes.
+/// Returns the SHA-256 of the body.
+fn hash_while_syncing(file: std::fs::File, tmp: &Path) -> Result<String, ApiError> {
     // The pages were just written: hashing reads them from the page cache.
     let map = map_file(tmp).map_err(ApiError::internal)?;
     std::thread::scope(|s| {
         let h = s.spawn(|| hex::encode(Sha256::digest(&map[..])));
-        let synced = sync(file);
+        let synced = sync_update(file);
         let id = h
             .join()
             .map_err(|_| ApiError::internal("hashing the update panicked"))?;
@@ -1506,26 +1489,24 @@ async fn upload_inner(
 
     // 2. Fsync, validate against the open round's global model (zero-copy over the mapped
     //    files) and 3. move into place under its content id, in one blocking task.
-    let Published {
-        round: cur_round,
-        fit_open,
-        global_digest,
-        ..
-    } = app.published();
-    let update_id = {
+    let published = app.published();
+    let (update_id, dest) = {
         let (app, tmp, client) = (app.clone(), tmp.clone(), client.clone());
-        let check_global = round == cur_round && fit_open;
+        let check_global = round == published.round && published.fit_open();
         let disk = app.disk.clone();
-        on_disk(&disk, move || -> Result<String, ApiError> {
-            // Fsynced before anything reads it (but the hash of a large one, meanwhile).
-            let update_id = hash_while_syncing(file, &tmp, inline_id)?;
+        on_disk(&disk, move || -> Result<(String, PathBuf), ApiError> {
+            // Fsynced before anything reads it (a large one is hashed meanwhile).
+            let update_id = match inline_id {
+                Some(id) => sync_update(file).map(|()| id)?,
+                None => hash_while_syncing(file, &tmp)?,
+            };
             let dest = app.blobs.update_path(round, &client, &update_id);
             let umap = map_file(&tmp).map_err(ApiError::internal)?;
             let view =
                 ModelView::from_safetensors_labeled(&umap, &client).map_err(fl_error_to_api)?;
             if check_global {
                 let update = Update::new(client, round, view, num_examples);
-                validate_update(&app, &global_digest, limit, update)?;
+                validate_update(&app, &published.global_digest, limit, update)?;
             }
             drop(umap);
             // Under its content id. Durable in the bucket too (with --store s3://...) before
@@ -1534,11 +1515,10 @@ async fn upload_inner(
             let dir = rename_into(&tmp, &dest).map_err(ApiError::internal)?;
             app.unsynced_dir(dir);
             app.blobs.persist(&dest).map_err(ApiError::internal)?;
-            Ok(update_id)
+            Ok((update_id, dest))
         })
         .await??
     };
-    let dest = app.blobs.update_path(round, &client, &update_id);
     guard.0 = None;
     // 4. The machine decides; its state is committed (with whatever else arrived meanwhile)
     //    before we answer.
@@ -1716,13 +1696,9 @@ async fn inference(
             ));
         }
     }
-    let Published {
-        round,
-        global_digest: digest,
-        ..
-    } = app.published();
-    let m =
-        tokio::task::block_in_place(|| app.global_model(&digest)).map_err(ApiError::internal)?;
+    let p = app.published();
+    let (round, digest) = (p.round, &p.global_digest);
+    let m = tokio::task::block_in_place(|| app.global_model(digest)).map_err(ApiError::internal)?;
     let model = ModelView::from_safetensors_labeled(m.as_ref(), "global model")
         .map_err(ApiError::internal)?;
     let params = modelio::to_params(app.arch, &model).map_err(ApiError::internal)?;
@@ -1735,7 +1711,7 @@ async fn inference(
         .map_err(ApiError::internal)?;
     Ok(axum::Json(InferenceResponse {
         round,
-        model_digest: digest,
+        model_digest: digest.clone(),
         predictions,
     })
     .into_response())

@@ -341,7 +341,7 @@ impl Blobs {
         Ok((len, dir))
     }
 
-    /// `write_model_unsynced_dir` for a model stored under its digest, at `path_of(digest)`:
+    /// `write_model_unsynced_dir` for a global model, stored under its digest (`model_path`):
     /// the digest (SHA-256 over the whole model) is computed on a second thread while the file
     /// is written and fsynced, instead of before (for a 100 MB model that hid ~50 ms of the
     /// round's critical path behind the write). Returns the digest (hex), the file's length and
@@ -349,7 +349,6 @@ impl Blobs {
     pub fn write_model_under_digest(
         &self,
         model: &fl_core::ModelView<'_>,
-        path_of: impl FnOnce(&str) -> PathBuf,
     ) -> Result<(String, u64, PathBuf)> {
         let tmp = self.tmp_path();
         let mut len = 0;
@@ -366,8 +365,8 @@ impl Blobs {
             anyhow::anyhow!("computing the digest of the model panicked")
         })?;
         written?;
-        let dest = path_of(&digest);
-        Ok((digest, len, self.place(&tmp, &dest)?))
+        let dir = self.place(&tmp, &self.model_path(&digest))?;
+        Ok((digest, len, dir))
     }
 
     /// Writes whatever `write` puts into a temporary file, fsyncs it, renames it into place

@@ -732,35 +732,34 @@ fn every_bad_input_is_a_4xx_naming_the_field_counted_and_changing_nothing() {
     // test of auth.rs). c2's valid update is accepted.
     let (s, body) = with_bearer(&token("fl-coordinator", 0));
     assert!(s == 200, "a token within the leeway is valid: {body}");
-    // A truncated HTTP body (content-length promises more than is sent) changes nothing.
-    let mut tcp = TcpStream::connect(("127.0.0.1", c.port)).unwrap();
-    write!(
-        tcp,
-        "POST /api/v1/fl/upload_update?client_id=c1&round=1&num_examples=10 HTTP/1.1\r\nhost: x\r\nx-api-key: key-c1\r\ncontent-length: 3000\r\n\r\n"
-    )
-    .unwrap();
-    tcp.write_all(&[0u8; 1000]).unwrap();
-    tcp.shutdown(std::net::Shutdown::Write).unwrap();
-    let mut resp = String::new();
-    let _ = tcp.read_to_string(&mut resp);
+    // An upload whose content-length promises 3000 bytes but whose body stops after 1000:
+    // sent by hand (a client library would not), the write side closed or left open.
+    let short_upload = |close: bool| {
+        let mut tcp = TcpStream::connect(("127.0.0.1", c.port)).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        write!(
+            tcp,
+            "POST /api/v1/fl/upload_update?client_id=c1&round=1&num_examples=10 HTTP/1.1\r\nhost: x\r\nx-api-key: key-c1\r\ncontent-length: 3000\r\n\r\n"
+        )
+        .unwrap();
+        tcp.write_all(&[0u8; 1000]).unwrap();
+        if close {
+            tcp.shutdown(std::net::Shutdown::Write).unwrap();
+        }
+        let mut resp = String::new();
+        let _ = tcp.read_to_string(&mut resp);
+        resp
+    };
+    // A truncated HTTP body (the client closes early) changes nothing.
+    let resp = short_upload(true);
     assert!(resp.starts_with("HTTP/1.1 400"), "truncated body: {resp}");
     assert!(
         resp.contains("truncated_body") && resp.contains("\"field\":\"body\""),
         "{resp}"
     );
-
-    // A body that stalls (no shutdown, 2000 bytes still owed) is a 408 after the read timeout,
-    // and keeps nothing.
-    let mut tcp = TcpStream::connect(("127.0.0.1", c.port)).unwrap();
-    tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    write!(
-        tcp,
-        "POST /api/v1/fl/upload_update?client_id=c1&round=1&num_examples=10 HTTP/1.1\r\nhost: x\r\nx-api-key: key-c1\r\ncontent-length: 3000\r\n\r\n"
-    )
-    .unwrap();
-    tcp.write_all(&[0u8; 1000]).unwrap();
-    let mut resp = String::new();
-    let _ = tcp.read_to_string(&mut resp);
+    // A body that stalls (2000 bytes still owed, the connection open) is a 408 after the read
+    // timeout, and keeps nothing.
+    let resp = short_upload(false);
     assert!(resp.starts_with("HTTP/1.1 408"), "stalled body: {resp}");
     assert!(
         resp.contains("read_timeout") && resp.contains("\"field\":\"body\""),
