@@ -29,7 +29,8 @@ pub fn random_faults(
     let mut out = Vec::with_capacity(count);
     for _ in 0..count {
         let at = rng.random_range(0..horizon.max(1));
-        let node = names[rng.random_range(0..names.len())].to_string();
+        let ni = rng.random_range(0..names.len());
+        let node = names[ni].to_string();
         let cp = cps[rng.random_range(0..cps.len())].to_string();
         let fault = match rng.random_range(0..8u32) {
             0 | 1 => Fault::KillNode { node },
@@ -46,16 +47,14 @@ pub fn random_faults(
             // Between two different nodes: a node cut off from itself is no fault (and a
             // one-node topology has no link to cut, so it heals instead).
             5 if names.len() > 1 => {
-                let me = names.iter().position(|n| *n == node).unwrap_or(0);
                 let k = rng.random_range(0..names.len() - 1);
-                let other = names[if k >= me { k + 1 } else { k }].to_string();
+                let other = names[if k >= ni { k + 1 } else { k }].to_string();
                 Fault::Partition {
                     a: vec![node],
                     b: vec![other],
                 }
             }
-            5 => Fault::Heal,
-            6 => Fault::Heal,
+            5 | 6 => Fault::Heal,
             _ => Fault::KillProcess {
                 node: cp,
                 process: Process::Etcd,
