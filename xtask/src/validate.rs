@@ -123,7 +123,10 @@ pub fn run(args: Vec<String>) -> Result<()> {
     }
     for d in &t.gitops {
         checked += 1;
-        let crds = simulator::gitops::loader::find_crds_dir(d);
+        // A user's repository seldom keeps CRD schemas: the project's own set (ArgoCD, Flux,
+        // External Secrets, MetalLB) is used where no `crds/` directory is beside the tree.
+        let crds = simulator::gitops::loader::find_crds_dir(d)
+            .or_else(|| Some(root.join("fixtures/crds")).filter(|c| c.is_dir()));
         match simulator::gitops::validate_with(
             d,
             crds.as_deref(),
@@ -256,6 +259,32 @@ mod tests {
             "mlworkbench-kvm",
         ]))
         .expect("mlworkbench fits mlworkbench-kvm");
+    }
+
+    /// A user's repository outside the project, with no `crds/` beside it: the ArgoCD
+    /// Applications are checked against the project's CRD schemas instead of "no schema".
+    #[test]
+    fn tree_outside_the_project_uses_the_projects_crds() {
+        fn copy(from: &std::path::Path, to: &std::path::Path) {
+            std::fs::create_dir_all(to).expect("mkdir");
+            for e in std::fs::read_dir(from).expect("read dir") {
+                let p = e.expect("entry").path();
+                let dest = to.join(p.file_name().expect("name"));
+                if p.is_dir() {
+                    copy(&p, &dest);
+                } else {
+                    std::fs::copy(&p, &dest).expect("copy");
+                }
+            }
+        }
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let repo = tmp.path().join("mlworkbench");
+        copy(
+            &crate::workspace_root().join("fixtures/gitops/mlworkbench"),
+            &repo,
+        );
+        assert!(simulator::gitops::loader::find_crds_dir(&repo).is_none());
+        run(args(&["--gitops", &repo.display().to_string()])).expect("the copy is clean");
     }
 
     #[test]

@@ -202,15 +202,24 @@ impl Tree {
                 ));
                 continue;
             }
-            if tree.units.iter().any(|u| {
+            if let Some(first) = tree.units.iter().find(|u| {
                 u.name == name && u.kind == kind && u.definition.namespace() == obj.namespace()
             }) {
-                tree.findings.push(Finding::new(
-                    &obj.file,
-                    obj.id(),
-                    "metadata.name",
-                    format!("{} {name:?} is defined twice", obj.kind()),
-                ));
+                // Name both owners: a path included twice (by two parents) reads differently
+                // from two files that pick the same name.
+                let owner = |p: Option<usize>| match p {
+                    Some(i) => format!("{:?}", tree.units[i].name),
+                    None => "the bootstrap".to_string(),
+                };
+                let message = format!(
+                    "{} {name:?} is defined twice: {} (from {}) and here (from {})",
+                    obj.kind(),
+                    first.definition.file,
+                    owner(first.parent),
+                    owner(parent)
+                );
+                tree.findings
+                    .push(Finding::new(&obj.file, obj.id(), "metadata.name", message));
                 continue;
             }
             let unit = tree.make_unit(repo, obj, parent, wave, kind);

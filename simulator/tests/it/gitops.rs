@@ -220,6 +220,31 @@ fn planted_cycle() {
 }
 
 #[test]
+fn planted_duplicate_application_names_both_owners() {
+    let tmp = copy_platform("mlworkbench");
+    let root = tmp.path().join("mlworkbench");
+    // A second Application "mlflow", in the foundation apps' directory.
+    let text =
+        std::fs::read_to_string(root.join("argocd-apps/platform/mlflow.yaml")).expect("read");
+    std::fs::write(root.join("argocd-apps/foundation/mlflow-again.yaml"), text).expect("write");
+    let report = run(&tmp, None);
+    let f = find(
+        &report,
+        "mlworkbench/argocd-apps/platform/mlflow.yaml",
+        "Application argocd/mlflow",
+        "metadata.name",
+    );
+    assert!(
+        f.message.contains("defined twice")
+            && f.message
+                .contains("argocd-apps/foundation/mlflow-again.yaml")
+            && f.message.contains("\"foundation-app\"")
+            && f.message.contains("\"platform-app\""),
+        "{f}"
+    );
+}
+
+#[test]
 fn planted_namespace_used_before_it_exists() {
     let tmp = copy_platform("k3s");
     // The platform app (namespaces, quotas) moves to the same wave as the ApplicationSets.
