@@ -1,9 +1,9 @@
 //! Coordinator overhead per round: 10 workers and a 1 MB model against a real `fl coordinator`
 //! process on loopback (release build), beside a raw loopback copy of the same bytes (10 x 1 MB
-//! down, 10 x 1 MB up and fsynced, a thread per connection) measured in the same run.
+//! down, 10 x 1 MB up into new files, fsynced, a thread per connection) measured in the same run.
 //!
-//! Each coordinator "round" is: every worker downloads the global model, uploads it back as its
-//! update (no training: what is measured is the coordinator), the last upload's ack returns after
+//! Each coordinator "round" is: every worker downloads the global model, uploads it back with
+//! its last parameter changed as its update (no training: what is measured is the coordinator), the last upload's ack returns after
 //! the aggregation and the next round's start. The printed overhead share assumes the issue's
 //! fixed 100 ms local step: `overhead / (100 ms + round)`.
 //!
@@ -65,8 +65,15 @@ fn bench_round(c: &mut Criterion) {
                     for i in 0..WORKERS {
                         let r = round;
                         s.spawn(move || {
-                            let (st, model) = http(port, "GET", "/api/v1/fl/model/latest", b"");
+                            let (st, mut model) = http(port, "GET", "/api/v1/fl/model/latest", b"");
                             assert_eq!(st, 200);
+                            // Its own update: the last parameter (an f32 of the last tensor)
+                            // set per client and round, so every update and every round's
+                            // model is new, as in training (an unchanged model would
+                            // aggregate to the same digest every round).
+                            let n = model.len();
+                            let v = (r * WORKERS as u64 + i as u64) as f32 * 1e-3;
+                            model[n - 4..].copy_from_slice(&v.to_le_bytes());
                             let q = format!(
                                 "/api/v1/fl/upload_update?client_id=w{i}&round={r}&num_examples=10"
                             );
@@ -103,7 +110,11 @@ fn bench_round(c: &mut Criterion) {
                 break;
             }
             handlers.retain(|h| !h.is_finished());
-            let (payload, p) = (payload.clone(), sink_dir.join(format!("{}", k % 64)));
+            // A new file per upload, kept, as the coordinator keeps every accepted update:
+            // rewriting a few files recycles their page cache, while new files take fresh
+            // pages, which on a VM can cost ~8x more to fill (measured: 3.5 GB/s for the first
+            // ~1.5 GB of new files, 0.4 GB/s after).
+            let (payload, p) = (payload.clone(), sink_dir.join(format!("{k}")));
             handlers.push(std::thread::spawn(move || {
                 if op[0] == b'd' {
                     s.write_all(&payload).unwrap();
@@ -148,6 +159,9 @@ fn bench_round(c: &mut Criterion) {
             d
         })
     });
+    // The coordinator's own account of where a round went (its /metrics), read before the raw
+    // reference runs.
+    let breakdown = coordinator_breakdown(port);
     g.finish();
     // The durability floor of a round, measured here too: after the last upload's bytes are
     // written, a durable round needs its file fsync, the rename's directory fsync, the new
@@ -193,6 +207,7 @@ fn bench_round(c: &mut Criterion) {
         3.0 * file_fsync_ms + 2.0 * dir_fsync_ms,
         load_average()
     );
+    println!("coordinator's account: {breakdown}");
     let rows = [Row {
         case: format!(
             "coordinator round, {WORKERS} workers x {:.1} MB on loopback (overhead share)",
@@ -209,6 +224,26 @@ fn bench_round(c: &mut Criterion) {
         Ok(path) => eprintln!("rows written to {}", path.display()),
         Err(e) => eprintln!("could not write the bench rows: {e}"),
     }
+}
+
+/// Per round, from the coordinator's `/metrics`: its aggregation (with the model's write and
+/// fsync), its state commits (directory fsyncs and the metadata transaction) and their batch size.
+fn coordinator_breakdown(port: u16) -> String {
+    let text = String::from_utf8_lossy(&http(port, "GET", "/metrics", b"").1).into_owned();
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(f64::NAN)
+    };
+    let rounds = value("fl_rounds_completed_total");
+    let commits = value("fl_state_commits_total");
+    format!(
+        "per round: aggregation {:.1} ms; {:.1} state commits of {:.1} ms each ({:.1} events per commit)",
+        1e3 * value("fl_aggregation_seconds_sum") / value("fl_aggregation_seconds_count"),
+        commits / rounds,
+        1e3 * value("fl_state_commit_seconds_sum") / value("fl_state_commit_seconds_count"),
+        value("fl_state_commit_events_total") / commits,
+    )
 }
 
 criterion_group!(benches, bench_round);

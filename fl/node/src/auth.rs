@@ -291,8 +291,7 @@ pub fn run_token(args: Vec<String>) -> Result<()> {
         #[arg(long)]
         admin: bool,
     }
-    let a =
-        <A as clap::Parser>::try_parse_from(std::iter::once("fl token".to_owned()).chain(args))?;
+    let a = crate::parse_args::<A>("fl token", args);
     let secret = std::fs::read(&a.secret_file)
         .with_context(|| format!("reading {}", a.secret_file.display()))?;
     let now_s = std::time::SystemTime::now()

@@ -4,8 +4,10 @@
 //!
 //! Durability: an upload is streamed to `tmp/`, fsynced, validated, renamed into `updates/`,
 //! then the machine accepts it and its whole state is committed to the metadata database; only
-//! then is the upload acknowledged. After a SIGKILL the restarted process restores that state
-//! and feeds [`Event::Restart`], which re-emits whatever was in flight.
+//! then is the upload acknowledged. After a SIGKILL the restarted process restores that state,
+//! recomputes the newest global model from its stored inputs (a round's aggregates are fsynced
+//! after the commit that names them, see `App::undurable`) and feeds [`Event::Restart`], which
+//! re-emits whatever was in flight.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
@@ -24,8 +26,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use clap::Parser;
 use fl_core::round::{
-    AcceptedUpdate, Action, ClientId, Coordinator, Event, Phase, RejectReason, RoundConfig,
-    TimerId, UpdateId,
+    AcceptedUpdate, Action, ClientId, Coordinator, Event, FitOutcome, Phase, RejectReason,
+    RoundConfig, TimerId, UpdateId,
 };
 use fl_core::strategy::{Collector, Limits, Params, Update, build_strategy};
 use fl_core::train::{Architecture, Trainer};
@@ -40,7 +42,7 @@ use crate::clock::{Clock, FileClock, SystemClock};
 use crate::dataset;
 use crate::metrics::Metrics;
 use crate::modelio;
-use crate::store::{Blobs, Commit, Meta, ModelRow, rename_into, sync_dirs};
+use crate::store::{Blobs, Commit, Meta, ModelRow, make_durable, rename_into, sync_dirs};
 
 /// Default cap on one upload: 1 GiB (a 250M-parameter f32 model).
 pub const DEFAULT_MAX_UPDATE_BYTES: u64 = 1 << 30;
@@ -258,6 +260,9 @@ impl AsRef<[u8]> for SharedModel {
     }
 }
 
+/// A background fsync of aggregates: the files, and the thread making them durable.
+type Durability = (Vec<PathBuf>, std::thread::JoinHandle<Result<()>>);
+
 /// Blocking disk tasks of uploads in flight at once (see `App::disk`): each holds a blocking
 /// thread's stack and allocator caches. Measured when every frame write was such a task
 /// (bench `round_scale`, 50 workers x 1M params, load about 2): 5.05 models of anonymous
@@ -279,6 +284,15 @@ pub struct App {
     /// states) since the last commit: each is fsynced once, by the next commit, before the
     /// state that names the files is (one directory fsync per batch, not one per upload).
     unsynced_dirs: std::sync::Mutex<BTreeSet<PathBuf>>,
+    /// Aggregates (new global models, strategy states) written since the last commit and not
+    /// yet durable: the commit hands them to a background fsync (`durability`). They are
+    /// derived from durable inputs, so the commit naming them need not wait for the disk: a
+    /// power cut that loses one is repaired on restart (`recover_newest`).
+    undurable: std::sync::Mutex<Vec<PathBuf>>,
+    /// The background fsync of the last committed round's aggregates, and their paths. The
+    /// next aggregation waits for it, so at most the newest round's aggregates are not yet
+    /// durable: a lost one is recomputed from inputs that all are.
+    durability: std::sync::Mutex<Option<Durability>>,
     /// The current global model's map, by digest (replaced when the round moves on; readers
     /// in flight keep the old one alive through their `Arc`).
     global: std::sync::Mutex<Option<(String, SharedModel)>>,
@@ -341,7 +355,7 @@ fn return_free_memory() {
 }
 
 pub fn run(args: Vec<String>) -> Result<()> {
-    let args = Args::try_parse_from(std::iter::once("fl coordinator".to_owned()).chain(args))?;
+    let args = crate::parse_args::<Args>("fl coordinator", args);
     tune_allocator();
     crate::init_tracing();
     crate::tls::install_crypto_provider();
@@ -504,6 +518,8 @@ async fn start(args: &Args) -> Result<(Arc<App>, tokio::net::TcpListener)> {
         }),
         pending: std::sync::Mutex::new(Vec::new()),
         unsynced_dirs: std::sync::Mutex::new(BTreeSet::new()),
+        undurable: std::sync::Mutex::new(Vec::new()),
+        durability: std::sync::Mutex::new(None),
         global: std::sync::Mutex::new(None),
         disk: Arc::new(tokio::sync::Semaphore::new(UPLOAD_DISK_TASKS)),
         blobs,
@@ -532,6 +548,9 @@ async fn start(args: &Args) -> Result<(Arc<App>, tokio::net::TcpListener)> {
         .with_context(|| format!("binding {}", args.listen))?;
     {
         let mut core = app.core.lock().await;
+        if matches!(first_event, Event::Restart) {
+            tokio::task::block_in_place(|| app.recover_newest(&core.machine))?;
+        }
         app.feed(&mut core, vec![first_event]).await?;
     }
     Ok((app, listener))
@@ -822,6 +841,7 @@ impl App {
         if !*dirty {
             return Ok(());
         }
+        let t0 = Instant::now();
         // The renames the state depends on first: a crash after the commit must find every
         // file it names.
         let dirs: Vec<PathBuf> =
@@ -847,9 +867,12 @@ impl App {
             .await?;
         core.saved_rounds = core.machine.history().len();
         core.new_models.clear();
+        self.start_durability();
         *self.published.lock().unwrap_or_else(|e| e.into_inner()) =
             Arc::new(Published::of(&core.machine));
         self.metrics.inc("fl_state_commits_total", &[], 1);
+        self.metrics
+            .observe("fl_state_commit_seconds", t0.elapsed().as_secs_f64());
         *dirty = false;
         Ok(())
     }
@@ -899,6 +922,8 @@ impl App {
         base: &str,
         updates: &[AcceptedUpdate],
     ) -> Result<(String, u64, FlMetrics)> {
+        // The previous round's aggregates are durable before this one's exist (see `durability`).
+        self.await_durable()?;
         let gmap = self.global_model(base)?;
         let umaps: Vec<memmap2::Mmap> = updates
             .iter()
@@ -922,21 +947,133 @@ impl App {
         }
         s.begin(round, Some(global))?;
         for (u, m) in updates.iter().zip(&umaps) {
-            let v = ModelView::from_safetensors_labeled(m, &u.client.0)?;
+            let v = ModelView::from_safetensors_labeled(m, &u.client.0).with_context(|| {
+                let p = self.blobs.update_path(round, &u.client.0, &u.update_id.0);
+                format!("the stored update {}", p.display())
+            })?;
             s.fold(
                 Update::new(u.client.0.clone(), round, v, u.num_examples)
                     .with_metrics(u.metrics.clone()),
             )?;
         }
         let (model, metrics) = s.finish()?;
-        let (digest, size, dir) = self.blobs.write_model_under_digest(&model)?;
-        self.unsynced_dir(dir);
+        let (digest, size, path) = self.blobs.write_aggregate(&model, None)?;
+        self.undurable_file(path);
         drop(model);
         let st = s.state();
         if !st.is_empty() {
-            self.write_for_commit(&self.blobs.strategy_state_path(round), &st)?;
+            let (_, _, path) = self
+                .blobs
+                .write_aggregate(&st, Some(&self.blobs.strategy_state_path(round)))?;
+            self.undurable_file(path);
         }
         Ok((digest, size, metrics))
+    }
+
+    fn undurable_file(&self, path: PathBuf) {
+        self.undurable
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(path);
+    }
+
+    /// Hands the aggregates written since the last commit to a background fsync (called once
+    /// the commit that names them is durable).
+    fn start_durability(&self) {
+        let files = std::mem::take(&mut *self.undurable.lock().unwrap_or_else(|e| e.into_inner()));
+        if files.is_empty() {
+            return;
+        }
+        let mut slot = self.durability.lock().unwrap_or_else(|e| e.into_inner());
+        // An earlier task still unjoined (no aggregation since it): its files first.
+        let mut all = match slot.take() {
+            Some((prev, h)) => match h.join() {
+                Ok(Ok(())) => Vec::new(),
+                _ => prev,
+            },
+            None => Vec::new(),
+        };
+        all.extend(files);
+        let paths = all.clone();
+        let h = std::thread::Builder::new()
+            .name("fl-durability".into())
+            .spawn(move || make_durable(&paths));
+        match h {
+            Ok(h) => *slot = Some((all, h)),
+            // No thread: the next aggregation (or this one's successor) fsyncs them inline.
+            Err(e) => {
+                tracing::warn!("starting the background fsync of a round's aggregates: {e}");
+                self.undurable
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .extend(all);
+            }
+        }
+    }
+
+    /// Waits until every committed aggregate is durable: joins the background fsync, and
+    /// fsyncs here whatever it did not (a failed or missing task).
+    fn await_durable(&self) -> Result<()> {
+        let pending = self
+            .durability
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some((files, h)) = pending {
+            match h.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!("background fsync of a round's aggregates: {e:#}; retrying");
+                    make_durable(&files)?;
+                }
+                Err(_) => make_durable(&files)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// On restart: computes the current global model again from the stored inputs of the
+    /// round that produced it (its accepted updates, its base model and the strategy state
+    /// before it, all durable) and makes the result durable, with that round's strategy state.
+    /// The coordinator commits a round without waiting for its aggregates to reach the disk
+    /// (see `undurable`), so after a power cut they may be missing or cut short; after a
+    /// plain kill they are intact and this rewrites the same bytes. A different digest is an
+    /// error: the stored inputs no longer give the model the state names.
+    fn recover_newest(&self, machine: &Coordinator) -> Result<()> {
+        let global = machine.global_digest();
+        let rec = machine
+            .current()
+            .into_iter()
+            .chain(machine.history().iter().rev())
+            .find(|r| {
+                matches!(&r.fit, Some(FitOutcome::Aggregated { global_digest, .. })
+                    if global_digest == global)
+            });
+        // None: the current global is the initial model, written durably before any commit.
+        let Some(rec) = rec else {
+            return Ok(());
+        };
+        let updates: Vec<AcceptedUpdate> = rec.accepted.values().cloned().collect();
+        let t0 = Instant::now();
+        let (digest, _, _) = self
+            .aggregate(machine, rec.round, &rec.base_digest, &updates)
+            .with_context(|| {
+                format!(
+                    "recomputing round {}'s global model {global} from its stored updates after a restart",
+                    rec.round
+                )
+            })?;
+        if digest != global {
+            bail!(
+                "round {}: its stored updates aggregate to {digest}, but the stored state names {global} as the global model",
+                rec.round
+            );
+        }
+        let files = std::mem::take(&mut *self.undurable.lock().unwrap_or_else(|e| e.into_inner()));
+        make_durable(&files)?;
+        tracing::info!(round = rec.round, %digest, ms = t0.elapsed().as_millis() as u64,
+            "recomputed the newest global model from its stored updates");
+        Ok(())
     }
 
     /// The machine's round, phase and global model as of the last commit.
@@ -945,15 +1082,6 @@ impl App {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
-    }
-
-    /// Writes a model at `dest`, tensor by tensor from its own buffers (no serialised copy),
-    /// durable once the next commit has fsynced the directory (`commit_state`), which it does
-    /// before the state naming the file. Returns the file's length.
-    fn write_for_commit(&self, dest: &Path, model: &ModelView<'_>) -> Result<u64> {
-        let (size, dir) = self.blobs.write_model_unsynced_dir(dest, model)?;
-        self.unsynced_dir(dir);
-        Ok(size)
     }
 
     /// Notes a directory a file was renamed into, for the next commit to fsync.

@@ -49,7 +49,7 @@ struct StoredConfig {
 }
 
 pub fn run(args: Vec<String>) -> Result<()> {
-    let a = Args::try_parse_from(std::iter::once("fl export-round".to_owned()).chain(args))?;
+    let a = crate::parse_args::<Args>("fl export-round", args);
     crate::tls::install_crypto_provider();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

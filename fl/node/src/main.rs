@@ -52,6 +52,12 @@ fn main() -> Result<()> {
     }
 }
 
+/// Parses a command's flags; `--help` prints the help and exits 0, a bad flag prints clap's
+/// message and exits 2 (clap's own behaviour, instead of an error with a backtrace).
+pub(crate) fn parse_args<A: clap::Parser>(command: &str, args: Vec<String>) -> A {
+    A::try_parse_from(std::iter::once(command.to_owned()).chain(args)).unwrap_or_else(|e| e.exit())
+}
+
 /// Logs to stderr; `RUST_LOG` filters (default `info`).
 pub(crate) fn init_tracing() {
     let filter =

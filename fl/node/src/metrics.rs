@@ -8,6 +8,19 @@ use std::sync::Mutex;
 const LATENCY_BUCKETS_S: &[f64] = &[
     0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0,
 ];
+/// Buckets of the storage steps (a commit: a few fsyncs): from a cached write to a stalled disk.
+const STORAGE_BUCKETS_S: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
+];
+
+/// The buckets of histogram `name`.
+fn buckets(name: &str) -> &'static [f64] {
+    if name == "fl_state_commit_seconds" {
+        STORAGE_BUCKETS_S
+    } else {
+        LATENCY_BUCKETS_S
+    }
+}
 
 #[derive(Debug, Default)]
 struct Histogram {
@@ -17,11 +30,11 @@ struct Histogram {
 }
 
 impl Histogram {
-    fn observe(&mut self, v: f64) {
+    fn observe(&mut self, bounds: &[f64], v: f64) {
         if self.counts.is_empty() {
-            self.counts = vec![0; LATENCY_BUCKETS_S.len()];
+            self.counts = vec![0; bounds.len()];
         }
-        for (i, b) in LATENCY_BUCKETS_S.iter().enumerate() {
+        for (i, b) in bounds.iter().enumerate() {
             if v <= *b {
                 self.counts[i] += 1;
             }
@@ -122,6 +135,11 @@ const HELP: &[(&str, &str, &str)] = &[
         "histogram",
         "time to aggregate a round and store the model",
     ),
+    (
+        "fl_state_commit_seconds",
+        "histogram",
+        "time to make a state commit durable (directory fsyncs and the metadata transaction)",
+    ),
 ];
 
 impl Metrics {
@@ -150,7 +168,7 @@ impl Metrics {
             .histograms
             .entry(name)
             .or_default()
-            .observe(v);
+            .observe(buckets(name), v);
     }
 
     /// Current value of a counter (sum over label sets matching `labels_contain`).
@@ -197,7 +215,7 @@ impl Metrics {
                 _ => {
                     let empty = Histogram::default();
                     let h = g.histograms.get(name).unwrap_or(&empty);
-                    for (i, b) in LATENCY_BUCKETS_S.iter().enumerate() {
+                    for (i, b) in buckets(name).iter().enumerate() {
                         let _ = writeln!(
                             out,
                             "{name}_bucket{{le=\"{b}\"}} {}",
@@ -229,6 +247,7 @@ mod tests {
         m.inc("fl_updates_rejected_total", &[("reason", "bad_shape")], 2);
         m.set("fl_current_round", 3.0);
         m.observe("fl_round_latency_seconds", 0.2);
+        m.observe("fl_state_commit_seconds", 0.003);
         let t = m.render();
         assert!(
             t.contains("fl_updates_rejected_total{reason=\"bad_shape\"} 2"),
@@ -244,6 +263,11 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("fl_updates_accepted_total 0"), "{t}");
+        assert!(
+            t.contains("fl_state_commit_seconds_bucket{le=\"0.0025\"} 0")
+                && t.contains("fl_state_commit_seconds_bucket{le=\"0.005\"} 1"),
+            "{t}"
+        );
         assert_eq!(m.counter("fl_updates_rejected_total", "bad_shape"), 2);
     }
 }

@@ -9,8 +9,12 @@
 //! tmp/                              uploads being received (never read as data)
 //! ```
 //! Every file is written to `tmp/`, fsynced, renamed into place and its directory fsynced, so a
-//! file under a final name is complete. Metadata commits use SQLite's `synchronous = FULL`.
+//! file under a final name is complete; a round's aggregates (global model, strategy state),
+//! which can be computed again from durable inputs, are fsynced after the commit that names
+//! them instead of before (`Blobs::write_aggregate`). Metadata commits use SQLite's
+//! `synchronous = FULL`.
 
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -341,32 +345,46 @@ impl Blobs {
         Ok((len, dir))
     }
 
-    /// `write_model_unsynced_dir` for a global model, stored under its digest (`model_path`):
-    /// the digest (SHA-256 over the whole model) is computed on a second thread while the file
-    /// is written and fsynced, instead of before (for a 100 MB model that hid ~50 ms of the
-    /// round's critical path behind the write). Returns the digest (hex), the file's length and
-    /// the directory to fsync.
-    pub fn write_model_under_digest(
+    /// Writes a round's aggregate (a global model under its digest, `model_path`, or a strategy
+    /// state at `dest`) into place without waiting for the disk: neither its data nor the
+    /// rename is fsynced here. Such a file is derived from durable inputs (the round's accepted
+    /// updates, the base model and the state before it), so a power cut that loses it loses
+    /// nothing the coordinator cannot compute again on restart (`App::recover_newest`); the
+    /// caller makes it durable after the commit that names it (`make_durable`), off the
+    /// round's critical path (bench `round`: the model's fsync and its directory's were the
+    /// largest share of the serial work after the last upload). The digest (SHA-256 over the
+    /// whole model) is computed on a second thread while the file is written. Returns the
+    /// digest (hex), the file's length and its path.
+    pub fn write_aggregate(
         &self,
         model: &fl_core::ModelView<'_>,
+        dest: Option<&Path>,
     ) -> Result<(String, u64, PathBuf)> {
         let tmp = self.tmp_path();
         let mut len = 0;
         let (digest, written) = std::thread::scope(|s| {
-            let digest = s.spawn(|| model.digest().to_hex());
-            let written = self.write_tmp(&tmp, |f| {
+            let digest = dest.is_none().then(|| s.spawn(|| model.digest().to_hex()));
+            let written = self.write_tmp(&tmp, false, |f| {
                 len = model.write_safetensors(f)?;
                 Ok(())
             });
-            (digest.join(), written)
+            (digest.map(|d| d.join()), written)
         });
-        let digest = digest.map_err(|_| {
-            let _ = std::fs::remove_file(&tmp);
-            anyhow::anyhow!("computing the digest of the model panicked")
-        })?;
+        let digest = match digest {
+            Some(Ok(d)) => d,
+            Some(Err(_)) => {
+                let _ = std::fs::remove_file(&tmp);
+                bail!("computing the digest of the model panicked")
+            }
+            None => String::new(),
+        };
         written?;
-        let dir = self.place(&tmp, &self.model_path(&digest))?;
-        Ok((digest, len, dir))
+        let dest = match dest {
+            Some(d) => d.to_owned(),
+            None => self.model_path(&digest),
+        };
+        self.place(&tmp, &dest)?;
+        Ok((digest, len, dest))
     }
 
     /// Writes whatever `write` puts into a temporary file, fsyncs it, renames it into place
@@ -378,21 +396,25 @@ impl Blobs {
         write: impl FnOnce(&mut File) -> std::io::Result<()>,
     ) -> Result<PathBuf> {
         let tmp = self.tmp_path();
-        self.write_tmp(&tmp, write)?;
+        self.write_tmp(&tmp, true, write)?;
         self.place(&tmp, dest)
     }
 
-    /// Creates `tmp`, fills it with `write` and fsyncs it; removes it on failure.
+    /// Creates `tmp`, fills it with `write` and fsyncs it if `sync`; removes it on failure.
     fn write_tmp(
         &self,
         tmp: &Path,
+        sync: bool,
         write: impl FnOnce(&mut File) -> std::io::Result<()>,
     ) -> Result<()> {
         let r = (|| {
             let mut f = File::create(tmp).with_context(|| format!("creating {}", tmp.display()))?;
             write(&mut f).with_context(|| format!("writing {}", tmp.display()))?;
-            f.sync_all()
-                .with_context(|| format!("fsync {}", tmp.display()))
+            if sync {
+                f.sync_all()
+                    .with_context(|| format!("fsync {}", tmp.display()))?;
+            }
+            Ok(())
         })();
         if r.is_err() {
             let _ = std::fs::remove_file(tmp);
@@ -452,6 +474,21 @@ pub fn rename_into(tmp: &Path, dest: &Path) -> Result<PathBuf> {
     std::fs::rename(tmp, dest)
         .with_context(|| format!("renaming {} to {}", tmp.display(), dest.display()))?;
     Ok(dir.to_owned())
+}
+
+/// Makes complete files under their final names durable: each file's data, then the
+/// directories holding them (their names), each directory once.
+pub fn make_durable(files: &[PathBuf]) -> Result<()> {
+    let mut dirs = BTreeSet::new();
+    for f in files {
+        File::open(f)
+            .and_then(|h| h.sync_all())
+            .with_context(|| format!("fsync {}", f.display()))?;
+        if let Some(d) = f.parent() {
+            dirs.insert(d.to_owned());
+        }
+    }
+    dirs.iter().try_for_each(|d| sync_dir(d))
 }
 
 /// Makes the entries of directory `dir` (renames, creations) durable.

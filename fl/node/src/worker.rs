@@ -140,7 +140,7 @@ pub fn poison(mode: Byzantine, g: &[f32], w: &mut [f32], rng: &mut ChaCha8Rng) {
 }
 
 pub fn run(args: Vec<String>) -> Result<()> {
-    let args = Args::try_parse_from(std::iter::once("fl worker".to_owned()).chain(args))?;
+    let args = crate::parse_args::<Args>("fl worker", args);
     crate::init_tracing();
     crate::tls::install_crypto_provider();
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -448,6 +448,109 @@ fn sigkill_mid_round_loses_no_acknowledged_update_and_counts_each_once() {
     }
 }
 
+#[test]
+fn a_restart_recomputes_the_newest_aggregates_a_power_cut_lost_and_names_a_lost_input() {
+    let clients = ["a", "b", "c"];
+    // FedAdam: a strategy state (m_t, v_t) beside each round's model, both recomputed.
+    let mut c = Cluster::new(
+        &clients,
+        &[
+            "--strategy",
+            "fedadam",
+            "--strategy-param",
+            "eta=0.05",
+            "--rounds",
+            "3",
+            "--min-fit-clients",
+            "3",
+            "--min-available-clients",
+            "3",
+        ],
+    );
+    c.worker("a", 0, 3, &[]);
+    c.worker("b", 1, 3, &[]);
+    // The straggler keeps round 2 open after round 1's commit.
+    c.worker("c", 2, 3, &["--straggle-ms", "3000"]);
+    let before = c.wait_for("round 1 aggregated", Duration::from_secs(60), |v| {
+        v["round"] == 2 && v["history"].as_array().is_some_and(|h| h.len() == 1)
+    });
+    c.sigkill_coordinator();
+    let digest = before["history"][0]["global_digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(before["global_digest"], digest.as_str());
+    let data = c.dir.path().join("data");
+    let model = data.join("models").join(format!("{digest}.safetensors"));
+    let state = data.join("strategy").join("after-1.safetensors");
+    let (m0, s0) = (
+        std::fs::read(&model).unwrap(),
+        std::fs::read(&state).unwrap(),
+    );
+    // A power cut before the background fsync: the model's data never reached the disk and
+    // the state's only in part.
+    std::fs::write(&model, b"").unwrap();
+    std::fs::write(&state, &s0[..s0.len() / 2]).unwrap();
+    c.start_coordinator();
+    assert!(
+        std::fs::read(&model).unwrap() == m0,
+        "the recomputed global model differs from the one round 1 stored\n{}",
+        c.logs()
+    );
+    assert!(
+        std::fs::read(&state).unwrap() == s0,
+        "the recomputed strategy state differs from the one round 1 stored"
+    );
+    let log = std::fs::read_to_string(&c.coord.as_ref().unwrap().log).unwrap();
+    assert!(
+        log.contains("recomputed the newest global model from its stored updates"),
+        "{log}"
+    );
+    let v = c.wait_for("3 rounds", Duration::from_secs(120), |v| {
+        v["finished"] == true
+    });
+    assert_eq!(v["history"][0]["global_digest"], digest.as_str());
+    for r in v["history"].as_array().unwrap() {
+        assert!(
+            r["fit"]["Aggregated"].is_object(),
+            "round {} did not aggregate: {r}",
+            r["round"]
+        );
+    }
+
+    // An input of the newest round lost too: nothing can give the model back, and the
+    // coordinator says which round and which client instead of serving a broken model.
+    c.sigkill_coordinator();
+    let updates = data.join("updates").join("3");
+    let a = std::fs::read_dir(&updates)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("a-"))
+        .expect("client a's update of round 3");
+    std::fs::write(&a, b"not a safetensors file").unwrap();
+    let mut p = spawn(c.dir.path(), "coordinator-lost-input", &c.coord_args);
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = p.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the coordinator started on a lost input:\n{}",
+            p.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success());
+    let log = std::fs::read_to_string(&p.log).unwrap();
+    assert!(
+        log.contains("recomputing round 3's global model")
+            && log.contains(&format!("the stored update {}", a.display()))
+            && log.contains("safetensors `a`"),
+        "{log}"
+    );
+}
+
 /// Builds a safetensors body of the coordinator's model layout with these tensors.
 fn safetensors(tensors: &[(&str, &str, Vec<usize>, Vec<u8>)]) -> Vec<u8> {
     let mut header = serde_json::Map::new();
