@@ -21,7 +21,27 @@ commands:
   setup      install what a backend needs (ci | local | flower | containers | kvm)
 ";
 
-fn main() -> Result<()> {
+/// Errors print as one line with their causes (`error: what: why`), never as a backtrace:
+/// anyhow adds one to `main`'s returned error whenever `RUST_BACKTRACE` is set, which reads
+/// like a crash.
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // Each cause once: a message that already quotes its source is not repeated.
+            let mut line = e.to_string();
+            for cause in e.chain().skip(1).map(|c| c.to_string()) {
+                if !line.contains(&cause) {
+                    line = format!("{line}: {cause}");
+                }
+            }
+            eprintln!("error: {line}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let Some(cmd) = args.next() else {
         eprint!("{USAGE}");

@@ -27,7 +27,7 @@ fn have_flower(test: &str) -> bool {
     if in_ci() {
         panic!("{msg}; CI must have it");
     }
-    eprintln!("\n*** SKIPPED {msg} ***\n");
+    crate::support::loud(&format!("SKIPPED {msg}"));
     false
 }
 

@@ -38,7 +38,7 @@ fn have_fl(test: &str) -> bool {
     if in_ci() {
         panic!("{msg}");
     }
-    eprintln!("\n*** SKIPPED {msg} ***\n");
+    crate::support::loud(&format!("SKIPPED {msg}"));
     false
 }
 
@@ -469,9 +469,9 @@ fn a_partitioned_worker_misses_rounds_and_the_rounds_live_in_postgres_and_s3() {
     if in_ci() {
         assert!(pg && s3, "CI must run PostgreSQL and S3: {start}");
     } else if !(pg && s3) {
-        eprintln!(
-            "\n*** PARTLY SKIPPED: the local backend ran without PostgreSQL/S3: {start} ***\n"
-        );
+        crate::support::loud(&format!(
+            "PARTLY SKIPPED: the local backend ran without PostgreSQL/S3: {start}"
+        ));
     }
     if s3 {
         let recompute = &case.steps[8].assertions[1];
@@ -567,7 +567,7 @@ fn a_full_store_refuses_uploads_and_loses_nothing_accepted() {
     let (case, logs) = run_one(DISK_FULL);
     let dump = serde_json::to_string_pretty(&case).unwrap();
     if case.steps[2].status == Status::Skipped && !in_ci() {
-        eprintln!("\n*** SKIPPED a_full_store: {} ***\n", case.steps[2].detail);
+        crate::support::loud(&format!("SKIPPED a_full_store: {}", case.steps[2].detail));
         return;
     }
     assert_eq!(case.status, Status::Passed, "{dump}");
@@ -886,10 +886,10 @@ fn local_etcd_disk_full_reports_the_member_and_keeps_quorum() {
     let (case, _logs) = run_one(ETCD_DISK_FULL);
     let dump = serde_json::to_string_pretty(&case).unwrap();
     if case.steps[1].status == Status::Skipped && !in_ci() {
-        eprintln!(
-            "\n*** SKIPPED local_etcd_disk_full: {} ***\n",
+        crate::support::loud(&format!(
+            "SKIPPED local_etcd_disk_full: {}",
             case.steps[1].detail
-        );
+        ));
         return;
     }
     assert_eq!(case.status, Status::Passed, "{dump}");

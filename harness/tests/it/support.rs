@@ -26,8 +26,15 @@ pub fn missing_tool(test: &str, tool: &str, how: &str) -> bool {
     if in_ci() {
         panic!("{msg}; CI must have it");
     }
-    eprintln!("\n*** SKIPPED {msg} ***\n");
+    loud(&format!("SKIPPED {msg}"));
     true
+}
+
+/// Prints `msg` straight to the process's stderr: libtest captures `eprintln!` and shows a
+/// passing test's output only on failure, so a skip printed that way is never seen.
+pub fn loud(msg: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "\n*** {msg} ***\n");
 }
 
 /// Finds an executable on PATH.

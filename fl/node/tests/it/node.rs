@@ -59,7 +59,9 @@ pub(crate) fn require<T>(test: &str, engine: &str, got: Result<T, String>) -> Op
     match got {
         Ok(v) => Some(v),
         Err(why) if std::env::var("CI").as_deref() != Ok("true") => {
-            eprintln!("\n*** SKIPPED {test}: {why} ***\n");
+            // Straight to stderr: libtest hides a passing test's `eprintln!`.
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stderr(), "\n*** SKIPPED {test}: {why} ***\n");
             None
         }
         Err(why) => panic!("{engine} is required in CI: {why}"),
