@@ -264,11 +264,13 @@ impl AsRef<[u8]> for SharedModel {
 type Durability = (Vec<PathBuf>, std::thread::JoinHandle<Result<()>>);
 
 /// Blocking disk tasks of uploads in flight at once (see `App::disk`): each holds a blocking
-/// thread's stack and allocator caches. Measured when every frame write was such a task
-/// (bench `round_scale`, 50 workers x 1M params, load about 2): 5.05 models of anonymous
-/// memory at the peak with 16 tasks and 64 blocking threads, 4.35 with 8 and 24, 4.10 with 4
-/// and 12. The disk (one fsync per update) is the bottleneck of an upload either way.
-const UPLOAD_DISK_TASKS: usize = 4;
+/// thread's stack and allocator caches, and the fsyncs they wait on overlap on the disk.
+/// Measured with frame writes on the runtime's threads and aggregates fsynced after the commit
+/// (2026-12-04; memory: bench `round_scale`, 50 workers x 1M params, peak anonymous memory in
+/// models, target <= 3.82; overhead: bench `round`, 10 workers x 1 MB, target < 5%): 4 tasks
+/// 3.53 models but 6.3-7.1% (the 10 uploads' fsyncs ran in three waves); 8 tasks 3.64-3.78
+/// models and 2.1-4.3%; 10 tasks 3.65-3.90 models and 0-5.6%; 16 tasks 3.86 models.
+const UPLOAD_DISK_TASKS: usize = 8;
 
 /// Body frame size for model downloads: slices of the shared map, never copies.
 const MODEL_FRAME_BYTES: usize = 256 << 10;
