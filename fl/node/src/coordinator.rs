@@ -349,11 +349,16 @@ fn tune_allocator() {
 /// they leave inside the arenas are never trimmed from the top, so without this the resident
 /// memory crept up round after round.
 fn return_free_memory() {
+    tokio::task::spawn_blocking(trim_free_memory);
+}
+
+/// `malloc_trim`: returns the allocator's free pages to the kernel, here and now.
+fn trim_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    tokio::task::spawn_blocking(|| {
-        // SAFETY: malloc_trim only returns free memory to the kernel; any thread may call it.
-        unsafe { libc::malloc_trim(0) };
-    });
+    // SAFETY: malloc_trim only returns free memory to the kernel; any thread may call it.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 pub fn run(args: Vec<String>) -> Result<()> {
@@ -926,6 +931,10 @@ impl App {
     ) -> Result<(String, u64, FlMetrics)> {
         // The previous round's aggregates are durable before this one's exist (see `durability`).
         self.await_durable()?;
+        // The round's upload buffers, freed on the threads that served them, go back to the
+        // kernel before the aggregate's own buffers are mapped, so the two never add up (the
+        // coordinator's peak memory, bench `round_scale`).
+        trim_free_memory();
         let gmap = self.global_model(base)?;
         let umaps: Vec<memmap2::Mmap> = updates
             .iter()
