@@ -1629,6 +1629,16 @@ async fn upload_inner(
     // 2. Fsync, validate against the open round's global model (zero-copy over the mapped
     //    files) and 3. move into place under its content id, in one blocking task.
     let published = app.published();
+    // A round past the published one is refused here, as the machine refuses it, instead of
+    // being left to the machine: in the moment between the machine's move to that round and
+    // the publish after its commit, the machine could accept an update that was never checked
+    // against the round's global model below (and a bad one would then fail the round's
+    // aggregation). An honest worker only learns of a round from a published snapshot.
+    if round > published.round && published.registered.contains(&ClientId(client.clone())) {
+        return Err(reject_to_api(&RejectReason::FutureRound {
+            current: published.round,
+        }));
+    }
     let (update_id, dest) = {
         let (app, tmp, client) = (app.clone(), tmp.clone(), client.clone());
         let check_global = round == published.round && published.fit_open();
