@@ -237,11 +237,6 @@ impl Published {
             registered: m.state().clients.clone(),
         }
     }
-
-    /// The round's fit phase is open (uploads for it are validated against its global model).
-    fn fit_open(&self) -> bool {
-        self.task == "fit"
-    }
 }
 
 /// An event waiting for the next group commit, and where its actions go.
@@ -1641,7 +1636,12 @@ async fn upload_inner(
     }
     let (update_id, dest) = {
         let (app, tmp, client) = (app.clone(), tmp.clone(), client.clone());
-        let check_global = round == published.round && published.fit_open();
+        // Whatever the published phase: the machine may already be further (a round's fit
+        // opening) than the snapshot says, and an update it accepts must have been checked.
+        // Every phase of a round has a global model of the round's layout (its base, or after
+        // the fit its aggregate: the same names, shapes and dtypes), so a late or replayed
+        // upload is checked too, and then answered by the machine as before.
+        let check_global = round == published.round;
         let disk = app.disk.clone();
         on_disk(&disk, move || -> Result<(String, PathBuf), ApiError> {
             // Fsynced before anything reads it (a large one is hashed meanwhile).

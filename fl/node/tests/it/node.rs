@@ -585,6 +585,66 @@ fn softmax_update(w: f32) -> Vec<u8> {
     ])
 }
 
+/// An upload for the published round is checked against its global model whatever the phase
+/// the snapshot shows: the machine may already have opened the fit (between its move and the
+/// publish after the commit), and it must never accept an update nobody checked.
+#[test]
+fn an_upload_outside_the_fit_phase_is_still_checked_and_a_future_round_refused() {
+    let c = Cluster::new(
+        &["c1", "c2"],
+        &["--min-fit-clients", "2", "--min-available-clients", "2"],
+    );
+    let r = c
+        .http
+        .post(c.url("/api/v1/fl/register_client"))
+        .header("x-api-key", "key-c1")
+        .json(&serde_json::json!({"client_id": "c1"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // One of two clients: the round waits for the second.
+    let v = c.get("/api/v1/fl/rounds");
+    assert_ne!(v["phase"], "fit", "{v}");
+    let round = v["round"].as_u64().unwrap();
+    let mut nan = f32s(640, 0.0);
+    nan[40..44].copy_from_slice(&f32::NAN.to_le_bytes());
+    let nan = safetensors(&[
+        ("fc.weight", "F32", vec![10, 64], nan),
+        ("fc.bias", "F32", vec![10], f32s(10, 0.0)),
+    ]);
+    let upload = |round: u64| {
+        let r = c
+            .http
+            .post(c.url(&format!(
+                "/api/v1/fl/upload_update?client_id=c1&round={round}&num_examples=5"
+            )))
+            .header("x-api-key", "key-c1")
+            .body(nan.clone())
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.json::<Value>().unwrap())
+    };
+    let (status, body) = upload(round);
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "non_finite", "{body}");
+    assert_eq!(
+        body["error"]["field"], "body.tensors.fc.weight.values",
+        "{body}"
+    );
+    let (status, body) = upload(round + 1);
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "future_round", "{body}");
+    assert_eq!(body["error"]["field"], "round", "{body}");
+    let v = c.get("/api/v1/fl/rounds");
+    assert_eq!(v["round"].as_u64(), Some(round), "{v}");
+    assert!(
+        v["current"]["accepted"]
+            .as_object()
+            .is_none_or(|a| a.is_empty()),
+        "{v}"
+    );
+}
+
 #[test]
 fn every_bad_input_is_a_4xx_naming_the_field_counted_and_changing_nothing() {
     let mut c = Cluster::new(
