@@ -277,9 +277,9 @@ pub struct App {
     pending: std::sync::Mutex<Vec<Pending>>,
     /// The machine's round, phase and global model as of the last commit.
     published: std::sync::Mutex<Arc<Published>>,
-    /// Directories that files were renamed into (accepted uploads, new models and strategy
-    /// states) since the last commit: each is fsynced once, by the next commit, before the
-    /// state that names the files is (one directory fsync per batch, not one per upload).
+    /// Directories that accepted uploads were renamed into since the last commit: each is
+    /// fsynced once, by the next commit, before the state that names the files is (one
+    /// directory fsync per batch, not one per upload).
     unsynced_dirs: std::sync::Mutex<BTreeSet<PathBuf>>,
     /// Aggregates (new global models, strategy states) written since the last commit and not
     /// yet durable: the commit hands them to a background fsync (`durability`). They are
@@ -339,15 +339,11 @@ fn tune_allocator() {
     }
 }
 
-/// Hands the allocator's free pages back to the kernel once a round is done, off the request
-/// path: a round's upload buffers are freed on whichever threads served them, and the holes
-/// they leave inside the arenas are never trimmed from the top, so without this the resident
-/// memory crept up round after round.
-fn return_free_memory() {
-    tokio::task::spawn_blocking(trim_free_memory);
-}
-
-/// `malloc_trim`: returns the allocator's free pages to the kernel, here and now.
+/// `malloc_trim`: hands the allocator's free pages back to the kernel. Called before each
+/// aggregation (`App::aggregate`): a round's upload buffers are freed on whichever threads
+/// served them, and the holes they leave inside the arenas are never trimmed from the top, so
+/// without it the resident memory crept up round after round, and the aggregate's buffers came
+/// on top of that garbage.
 fn trim_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only returns free memory to the kernel; any thread may call it.
@@ -714,7 +710,6 @@ impl App {
         let mut queue = VecDeque::from(events);
         let mut visible = Vec::new();
         let mut dirty = false;
-        let mut completed = false;
         let mut steps = 0;
         while let Some(ev) = queue.pop_front() {
             steps += 1;
@@ -780,7 +775,6 @@ impl App {
                         });
                     }
                     Action::RoundCompleted(rec) => {
-                        completed = true;
                         self.metrics.inc("fl_rounds_completed_total", &[], 1);
                         if let Some(l) = rec.latency_ms() {
                             self.metrics
@@ -823,9 +817,6 @@ impl App {
         if dirty {
             self.commit_state(core, &mut dirty, self.clock.now_ms())
                 .await?;
-        }
-        if completed {
-            return_free_memory();
         }
         self.metrics
             .set("fl_current_round", core.machine.round() as f64);
@@ -963,14 +954,13 @@ impl App {
             )?;
         }
         let (model, metrics) = s.finish()?;
-        let (digest, size, path) = self.blobs.write_aggregate(&model, None)?;
+        let (digest, size, path) = self.blobs.write_aggregate(&model)?;
         self.undurable_file(path);
         drop(model);
         let st = s.state();
         if !st.is_empty() {
-            let (_, _, path) = self
-                .blobs
-                .write_aggregate(&st, Some(&self.blobs.strategy_state_path(round)))?;
+            let path = self.blobs.strategy_state_path(round);
+            self.blobs.write_aggregate_at(&path, &st)?;
             self.undurable_file(path);
         }
         Ok((digest, size, metrics))
@@ -984,41 +974,33 @@ impl App {
     }
 
     /// Hands the aggregates written since the last commit to a background fsync (called once
-    /// the commit that names them is durable).
+    /// the commit that names them is durable). Without a thread they stay listed, for the
+    /// next aggregation's `await_durable` to fsync.
     fn start_durability(&self) {
         let files = std::mem::take(&mut *self.undurable.lock().unwrap_or_else(|e| e.into_inner()));
         if files.is_empty() {
             return;
         }
-        let mut slot = self.durability.lock().unwrap_or_else(|e| e.into_inner());
-        // An earlier task still unjoined (no aggregation since it): its files first.
-        let mut all = match slot.take() {
-            Some((prev, h)) => match h.join() {
-                Ok(Ok(())) => Vec::new(),
-                _ => prev,
-            },
-            None => Vec::new(),
-        };
-        all.extend(files);
-        let paths = all.clone();
-        let h = std::thread::Builder::new()
+        // Only an aggregation fills `undurable`, and it joined the previous task first.
+        debug_assert!(self.durability.lock().is_ok_and(|d| d.is_none()));
+        let paths = files.clone();
+        let spawned = std::thread::Builder::new()
             .name("fl-durability".into())
             .spawn(move || make_durable(&paths));
-        match h {
-            Ok(h) => *slot = Some((all, h)),
-            // No thread: the next aggregation (or this one's successor) fsyncs them inline.
+        match spawned {
+            Ok(h) => *self.durability.lock().unwrap_or_else(|e| e.into_inner()) = Some((files, h)),
             Err(e) => {
-                tracing::warn!("starting the background fsync of a round's aggregates: {e}");
+                tracing::warn!("no thread for the background fsync of a round's aggregates: {e}");
                 self.undurable
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .extend(all);
+                    .extend(files);
             }
         }
     }
 
-    /// Waits until every committed aggregate is durable: joins the background fsync, and
-    /// fsyncs here whatever it did not (a failed or missing task).
+    /// Waits until every aggregate written so far is durable: joins the background fsync
+    /// (doing again what it could not) and fsyncs what was never handed to one.
     fn await_durable(&self) -> Result<()> {
         let pending = self
             .durability
@@ -1035,7 +1017,8 @@ impl App {
                 Err(_) => make_durable(&files)?,
             }
         }
-        Ok(())
+        let left = std::mem::take(&mut *self.undurable.lock().unwrap_or_else(|e| e.into_inner()));
+        make_durable(&left)
     }
 
     /// On restart: computes the current global model again from the stored inputs of the
@@ -1075,8 +1058,7 @@ impl App {
                 rec.round
             );
         }
-        let files = std::mem::take(&mut *self.undurable.lock().unwrap_or_else(|e| e.into_inner()));
-        make_durable(&files)?;
+        self.await_durable()?;
         tracing::info!(round = rec.round, %digest, ms = t0.elapsed().as_millis() as u64,
             "recomputed the newest global model from its stored updates");
         Ok(())

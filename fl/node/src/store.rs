@@ -324,79 +324,65 @@ impl Blobs {
     /// Writes a model durably at `dest`, tensor by tensor from its own buffers (no
     /// serialised copy of the whole model). Returns the file's length.
     pub fn write_model_durable(&self, dest: &Path, model: &fl_core::ModelView<'_>) -> Result<u64> {
-        let (len, dir) = self.write_model_unsynced_dir(dest, model)?;
+        let mut len = 0;
+        let dir = self.write_file(dest, true, |f| {
+            len = model.write_safetensors(f)?;
+            Ok(())
+        })?;
         sync_dir(&dir)?;
         Ok(len)
     }
 
-    /// `write_model_durable` but for the fsync of the directory the file was renamed into,
-    /// which the caller does before it commits anything that names the file (see
-    /// `rename_into`). Returns the file's length and that directory.
-    pub fn write_model_unsynced_dir(
-        &self,
-        dest: &Path,
-        model: &fl_core::ModelView<'_>,
-    ) -> Result<(u64, PathBuf)> {
-        let mut len = 0;
-        let dir = self.write_unsynced_dir(dest, |f| {
-            len = model.write_safetensors(f)?;
-            Ok(())
-        })?;
-        Ok((len, dir))
-    }
-
-    /// Writes a round's aggregate (a global model under its digest, `model_path`, or a strategy
-    /// state at `dest`) into place without waiting for the disk: neither its data nor the
-    /// rename is fsynced here. Such a file is derived from durable inputs (the round's accepted
-    /// updates, the base model and the state before it), so a power cut that loses it loses
-    /// nothing the coordinator cannot compute again on restart (`App::recover_newest`); the
-    /// caller makes it durable after the commit that names it (`make_durable`), off the
-    /// round's critical path (bench `round`: the model's fsync and its directory's were the
-    /// largest share of the serial work after the last upload). The digest (SHA-256 over the
-    /// whole model) is computed on a second thread while the file is written. Returns the
-    /// digest (hex), the file's length and its path.
+    /// Writes a round's new global model under its digest (`model_path`) without waiting for
+    /// the disk: neither its data nor the rename is fsynced here. A round's aggregates are
+    /// derived from durable inputs (its accepted updates, its base model and the state before
+    /// it), so a power cut that loses one loses nothing the coordinator cannot compute again on
+    /// restart (`App::recover_newest`); the caller makes them durable after the commit that
+    /// names them (`make_durable`), off the round's critical path (bench `round`: the model's
+    /// fsync and its directory's were the largest share of the serial work after the last
+    /// upload). The digest (SHA-256 over the whole model) is computed on a second thread while
+    /// the file is written. Returns the digest (hex), the file's length and its path.
     pub fn write_aggregate(
         &self,
         model: &fl_core::ModelView<'_>,
-        dest: Option<&Path>,
     ) -> Result<(String, u64, PathBuf)> {
         let tmp = self.tmp_path();
         let mut len = 0;
         let (digest, written) = std::thread::scope(|s| {
-            let digest = dest.is_none().then(|| s.spawn(|| model.digest().to_hex()));
+            let digest = s.spawn(|| model.digest().to_hex());
             let written = self.write_tmp(&tmp, false, |f| {
                 len = model.write_safetensors(f)?;
                 Ok(())
             });
-            (digest.map(|d| d.join()), written)
+            (digest.join(), written)
         });
-        let digest = match digest {
-            Some(Ok(d)) => d,
-            Some(Err(_)) => {
-                let _ = std::fs::remove_file(&tmp);
-                bail!("computing the digest of the model panicked")
-            }
-            None => String::new(),
-        };
+        let digest = digest.map_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
+            anyhow::anyhow!("computing the digest of the model panicked")
+        })?;
         written?;
-        let dest = match dest {
-            Some(d) => d.to_owned(),
-            None => self.model_path(&digest),
-        };
+        let dest = self.model_path(&digest);
         self.place(&tmp, &dest)?;
         Ok((digest, len, dest))
     }
 
-    /// Writes whatever `write` puts into a temporary file, fsyncs it, renames it into place
-    /// and puts it in the bucket; the temporary file is removed on failure. Durable once the
-    /// returned directory (the one it was renamed into) is fsynced.
-    fn write_unsynced_dir(
+    /// [`Blobs::write_aggregate`] for an aggregate stored at a known path (a strategy state).
+    pub fn write_aggregate_at(&self, dest: &Path, model: &fl_core::ModelView<'_>) -> Result<()> {
+        self.write_file(dest, false, |f| model.write_safetensors(f).map(|_| ()))
+            .map(|_| ())
+    }
+
+    /// Writes whatever `write` puts into a temporary file, fsyncs it if `sync`, renames it into
+    /// place and puts it in the bucket; the temporary file is removed on failure. Returns the
+    /// directory it was renamed into, whose fsync makes the name durable.
+    fn write_file(
         &self,
         dest: &Path,
+        sync: bool,
         write: impl FnOnce(&mut File) -> std::io::Result<()>,
     ) -> Result<PathBuf> {
         let tmp = self.tmp_path();
-        self.write_tmp(&tmp, true, write)?;
+        self.write_tmp(&tmp, sync, write)?;
         self.place(&tmp, dest)
     }
 
@@ -422,7 +408,7 @@ impl Blobs {
         r
     }
 
-    /// Renames the fsynced `tmp` to `dest` (removing it on failure) and puts it in the bucket.
+    /// Renames the complete `tmp` to `dest` (removing it on failure) and puts it in the bucket.
     /// Returns the directory to fsync.
     fn place(&self, tmp: &Path, dest: &Path) -> Result<PathBuf> {
         let dir = rename_into(tmp, dest).inspect_err(|_| {
@@ -853,7 +839,7 @@ mod tests {
             0
         );
         let p = b.update_path(3, "w1", "abc");
-        let d = b.write_unsynced_dir(&p, |f| f.write_all(b"bytes")).unwrap();
+        let d = b.write_file(&p, true, |f| f.write_all(b"bytes")).unwrap();
         assert_eq!(d, p.parent().unwrap());
         sync_dir(&d).unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"bytes");
