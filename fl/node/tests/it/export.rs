@@ -13,22 +13,10 @@ fn export_round_feeds_fl_aggregate_to_the_coordinators_digest_over_rounds_and_st
         ("fedavg", vec![]),
         ("fedadam", vec!["--strategy-param", "eta=0.05"]),
     ] {
-        let clients = ["a", "b", "c"];
-        let mut extra = vec![
-            "--rounds",
-            "3",
-            "--min-fit-clients",
-            "3",
-            "--min-available-clients",
-            "3",
-            "--strategy",
-            strategy,
-        ];
+        let mut extra = vec!["--strategy", strategy];
         extra.extend(params.iter().copied());
-        let mut c = Cluster::new(&clients, &extra);
-        for (i, w) in clients.iter().enumerate() {
-            c.worker(w, i, 3, &[]);
-        }
+        let mut c = Cluster::all_of_abc(3, &extra);
+        c.abc_workers(&[]);
         let v = c.wait_for("3 rounds", Duration::from_secs(120), |v| {
             v["finished"] == true
         });

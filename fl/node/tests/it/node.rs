@@ -153,6 +153,45 @@ impl Cluster {
         c
     }
 
+    /// Clients `a`, `b` and `c`, all three needed in each of `rounds` rounds, with `extra`
+    /// coordinator flags.
+    pub(crate) fn all_of_abc(rounds: u64, extra: &[&str]) -> Self {
+        let rounds = rounds.to_string();
+        let mut args = vec![
+            "--rounds",
+            rounds.as_str(),
+            "--min-fit-clients",
+            "3",
+            "--min-available-clients",
+            "3",
+        ];
+        args.extend_from_slice(extra);
+        Cluster::new(&["a", "b", "c"], &args)
+    }
+
+    /// Workers for `a`, `b` and `c` (the shards of three), `c` with `c_extra` (a straggler
+    /// keeps a round open after the others' uploads).
+    pub(crate) fn abc_workers(&mut self, c_extra: &[&str]) {
+        self.worker("a", 0, 3, &[]);
+        self.worker("b", 1, 3, &[]);
+        self.worker("c", 2, 3, c_extra);
+    }
+
+    /// Waits until `round` is the current round with `n` accepted updates; returns the rounds
+    /// document.
+    pub(crate) fn wait_for_acks(&self, round: u64, n: usize) -> Value {
+        self.wait_for(
+            &format!("{n} acks in round {round}"),
+            Duration::from_secs(60),
+            |v| {
+                v["round"] == round
+                    && v["current"]["accepted"]
+                        .as_object()
+                        .is_some_and(|a| a.len() == n)
+            },
+        )
+    }
+
     pub(crate) fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
@@ -386,28 +425,10 @@ fn workers_train_digits_to_90_percent_and_inference_serves_the_global_model() {
 
 #[test]
 fn sigkill_mid_round_loses_no_acknowledged_update_and_counts_each_once() {
-    let clients = ["a", "b", "c"];
-    let mut c = Cluster::new(
-        &clients,
-        &[
-            "--rounds",
-            "3",
-            "--min-fit-clients",
-            "3",
-            "--min-available-clients",
-            "3",
-        ],
-    );
-    c.worker("a", 0, 3, &[]);
-    c.worker("b", 1, 3, &[]);
+    let mut c = Cluster::all_of_abc(3, &[]);
     // The straggler keeps round 1 open after the others' acknowledged uploads.
-    c.worker("c", 2, 3, &["--straggle-ms", "3000"]);
-    let before = c.wait_for("2 acks in round 1", Duration::from_secs(60), |v| {
-        v["round"] == 1
-            && v["current"]["accepted"]
-                .as_object()
-                .is_some_and(|a| a.len() == 2)
-    });
+    c.abc_workers(&["--straggle-ms", "3000"]);
+    let before = c.wait_for_acks(1, 2);
     c.sigkill_coordinator();
     c.start_coordinator();
     let after_restart = c.get("/api/v1/fl/rounds");
@@ -452,27 +473,13 @@ fn sigkill_mid_round_loses_no_acknowledged_update_and_counts_each_once() {
 
 #[test]
 fn a_restart_recomputes_the_newest_aggregates_a_power_cut_lost_and_names_a_lost_input() {
-    let clients = ["a", "b", "c"];
     // FedAdam: a strategy state (m_t, v_t) beside each round's model, both recomputed.
-    let mut c = Cluster::new(
-        &clients,
-        &[
-            "--strategy",
-            "fedadam",
-            "--strategy-param",
-            "eta=0.05",
-            "--rounds",
-            "3",
-            "--min-fit-clients",
-            "3",
-            "--min-available-clients",
-            "3",
-        ],
+    let mut c = Cluster::all_of_abc(
+        3,
+        &["--strategy", "fedadam", "--strategy-param", "eta=0.05"],
     );
-    c.worker("a", 0, 3, &[]);
-    c.worker("b", 1, 3, &[]);
     // The straggler keeps round 2 open after round 1's commit.
-    c.worker("c", 2, 3, &["--straggle-ms", "3000"]);
+    c.abc_workers(&["--straggle-ms", "3000"]);
     let before = c.wait_for("round 1 aggregated", Duration::from_secs(60), |v| {
         v["round"] == 2 && v["history"].as_array().is_some_and(|h| h.len() == 1)
     });
@@ -578,6 +585,16 @@ fn f32s(n: usize, v: f32) -> Vec<u8> {
     (0..n).flat_map(|_| v.to_le_bytes()).collect()
 }
 
+/// A softmax-64-10 update with one NaN in `fc.weight`.
+fn nan_update() -> Vec<u8> {
+    let mut nan = f32s(640, 0.0);
+    nan[40..44].copy_from_slice(&f32::NAN.to_le_bytes());
+    safetensors(&[
+        ("fc.weight", "F32", vec![10, 64], nan),
+        ("fc.bias", "F32", vec![10], f32s(10, 0.0)),
+    ])
+}
+
 fn softmax_update(w: f32) -> Vec<u8> {
     safetensors(&[
         ("fc.weight", "F32", vec![10, 64], f32s(640, w)),
@@ -606,12 +623,7 @@ fn an_upload_outside_the_fit_phase_is_still_checked_and_a_future_round_refused()
     let v = c.get("/api/v1/fl/rounds");
     assert_ne!(v["phase"], "fit", "{v}");
     let round = v["round"].as_u64().unwrap();
-    let mut nan = f32s(640, 0.0);
-    nan[40..44].copy_from_slice(&f32::NAN.to_le_bytes());
-    let nan = safetensors(&[
-        ("fc.weight", "F32", vec![10, 64], nan),
-        ("fc.bias", "F32", vec![10], f32s(10, 0.0)),
-    ]);
+    let nan = nan_update();
     let upload = |round: u64| {
         let r = c
             .http
@@ -747,12 +759,7 @@ fn every_bad_input_is_a_4xx_naming_the_field_counted_and_changing_nothing() {
         "bad_dtype",
         "body.tensors.fc.bias.dtype",
     );
-    let mut nan = f32s(640, 0.0);
-    nan[40..44].copy_from_slice(&f32::NAN.to_le_bytes());
-    let nan = safetensors(&[
-        ("fc.weight", "F32", vec![10, 64], nan),
-        ("fc.bias", "F32", vec![10], f32s(10, 0.0)),
-    ]);
+    let nan = nan_update();
     expect(
         "nan",
         upload("key-c2", q2, nan),

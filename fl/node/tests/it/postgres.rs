@@ -150,29 +150,9 @@ fn postgres_metadata_survives_sigkill_and_feeds_export_round() {
         return;
     };
     let url = format!("postgres://postgres@127.0.0.1:{}/postgres", pg.port);
-    let clients = ["a", "b", "c"];
-    let mut c = Cluster::new(
-        &clients,
-        &[
-            "--rounds",
-            "2",
-            "--min-fit-clients",
-            "3",
-            "--min-available-clients",
-            "3",
-            "--database",
-            &url,
-        ],
-    );
-    c.worker("a", 0, 3, &[]);
-    c.worker("b", 1, 3, &[]);
-    c.worker("c", 2, 3, &["--straggle-ms", "2000"]);
-    let before = c.wait_for("2 acks in round 1", Duration::from_secs(60), |v| {
-        v["round"] == 1
-            && v["current"]["accepted"]
-                .as_object()
-                .is_some_and(|a| a.len() == 2)
-    });
+    let mut c = Cluster::all_of_abc(2, &["--database", &url]);
+    c.abc_workers(&["--straggle-ms", "2000"]);
+    let before = c.wait_for_acks(1, 2);
     c.sigkill_coordinator();
     // Nothing of the metadata is in the data dir: it is all in PostgreSQL.
     assert!(!c.dir.path().join("data/meta.sqlite").exists());

@@ -124,27 +124,11 @@ fn s3_store_keeps_acknowledged_updates_across_sigkill_on_an_empty_data_dir() {
     let meta = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", meta.path().join("meta.sqlite").display());
     let store = store_args(s3.port, "run-1");
-    let mut extra = vec![
-        "--rounds",
-        "2",
-        "--min-fit-clients",
-        "3",
-        "--min-available-clients",
-        "3",
-        "--database",
-        &db,
-    ];
+    let mut extra = vec!["--database", &db];
     extra.extend(store.iter().map(String::as_str));
-    let mut c = Cluster::new(&["a", "b", "c"], &extra);
-    c.worker("a", 0, 3, &[]);
-    c.worker("b", 1, 3, &[]);
-    c.worker("c", 2, 3, &["--straggle-ms", "2000"]);
-    let before = c.wait_for("2 acks in round 1", Duration::from_secs(60), |v| {
-        v["round"] == 1
-            && v["current"]["accepted"]
-                .as_object()
-                .is_some_and(|a| a.len() == 2)
-    });
+    let mut c = Cluster::all_of_abc(2, &extra);
+    c.abc_workers(&["--straggle-ms", "2000"]);
+    let before = c.wait_for_acks(1, 2);
     // Acknowledged means in the bucket already.
     let acked = list_keys(s3.port, "run-1/updates/1/");
     assert_eq!(acked.len(), 2, "bucket after 2 acks: {acked:?}");
